@@ -1,0 +1,3 @@
+from spruce.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""The command line: thin parsers that validate options and call the pipelines."""

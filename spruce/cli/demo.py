@@ -1,0 +1,56 @@
+"""``spruce demo``: the embedded end-to-end example on the SpamAssassin corpus."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spruce.cli.parsing import positive_float, positive_int
+from spruce.pipelines.demo import DemoSettings, format_table, run_demo
+
+HELP = "fine-tune MiniLM on 500 labelled SpamAssassin e-mails and print the results"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help=HELP, description=HELP)
+    defaults = DemoSettings()
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=defaults.out,
+        help=f"where to write the demo's runs (default: {defaults.out}, replaced)",
+    )
+    parser.add_argument(
+        "--labelled", type=positive_int, default=defaults.labelled, help="labelled training e-mails"
+    )
+    parser.add_argument("--epochs", type=positive_float, default=defaults.epochs)
+    parser.add_argument("--max-steps", type=positive_int, help="cap training steps (quick runs)")
+    parser.add_argument("--max-length", type=positive_int, default=defaults.max_length)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--model", help="pre-trained encoder (default: embedded MiniLM-L6)")
+    parser.add_argument("--cache-dir", type=Path, help="where the converted corpus is kept")
+    parser.add_argument("--tarball", type=Path, help="a local npm tarball of the corpus")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    summary = run_demo(
+        DemoSettings(
+            out=args.out,
+            labelled=args.labelled,
+            seed=args.seed,
+            max_length=args.max_length,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            cache_dir=args.cache_dir,
+            tarball=args.tarball,
+            device=args.device,
+            progress=not args.quiet,
+            model=args.model,
+        )
+    )
+    print(format_table(summary))
+    print(f"details: {args.out}/summary.json, {args.out}/dense/report.json")
+    return 0

@@ -1,0 +1,188 @@
+"""Option groups shared by several commands, and their conversion into configs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spruce.cli.parsing import (
+    fraction,
+    name_list,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+from spruce.data import TaskDataConfig
+from spruce.models import DEFAULT_MODEL
+from spruce.report.metrics import METRICS
+from spruce.train import TrainConfig
+
+
+def add_data_options(parser: argparse.ArgumentParser, *, train_required: bool = True) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--train",
+        required=train_required,
+        help="training data: .csv, .tsv, "
+        ".jsonl, a save_to_disk directory, or a hub dataset NAME[:CONFIG]",
+    )
+    group.add_argument("--validation", help="validation data (early stopping, model selection)")
+    group.add_argument("--test", help="test data, evaluated once with the best model")
+    group.add_argument(
+        "--text-columns",
+        type=name_list,
+        metavar="A[,B]",
+        help="text column, or two for sentence pairs (default: detected)",
+    )
+    group.add_argument("--label-column", metavar="NAME", help="label column (default: detected)")
+    group.add_argument(
+        "--label-names",
+        type=name_list,
+        metavar="L1,L2,...",
+        help="label order (their ids); default: sorted",
+    )
+    group.add_argument("--task-name", help="name used in reports (default: from the file path)")
+    sample = group.add_mutually_exclusive_group()
+    sample.add_argument(
+        "--max-train-samples",
+        type=positive_int,
+        metavar="N",
+        help="use N labelled training examples, stratified, chosen by --seed",
+    )
+    sample.add_argument(
+        "--shots-per-class",
+        type=positive_int,
+        metavar="K",
+        help="use K labelled training examples per class, chosen by --seed",
+    )
+    group.add_argument(
+        "--max-eval-samples",
+        type=positive_int,
+        metavar="N",
+        help="evaluate on a stratified subset of N validation examples",
+    )
+    group.add_argument(
+        "--max-test-samples",
+        type=positive_int,
+        metavar="N",
+        help="evaluate on a stratified subset of N test examples",
+    )
+    group.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=128,
+        help="tokens per example after truncation (default: 128)",
+    )
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"pre-trained encoder: local directory or hub name (default: "
+        f"{DEFAULT_MODEL}, the embedded all-MiniLM-L6-v2)",
+    )
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=positive_float, default=defaults.epochs)
+    group.add_argument(
+        "--max-steps",
+        type=positive_int,
+        help="stop after this many optimizer steps (overrides --epochs)",
+    )
+    group.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    group.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size)
+    group.add_argument(
+        "--learning-rate", "--lr", type=positive_float, default=defaults.learning_rate
+    )
+    group.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
+    group.add_argument(
+        "--warmup-ratio",
+        type=fraction,
+        default=defaults.warmup_ratio,
+        help="fraction of steps with linear learning-rate warm-up",
+    )
+    group.add_argument(
+        "--max-grad-norm",
+        type=non_negative_float,
+        default=defaults.max_grad_norm,
+        help="gradient clipping (0: off)",
+    )
+    group.add_argument(
+        "--eval-steps",
+        type=positive_int,
+        help="also evaluate every N steps (default: at each epoch end)",
+    )
+    group.add_argument(
+        "--patience",
+        type=positive_int,
+        default=defaults.patience,
+        help="stop after N evaluations without improvement",
+    )
+    group.add_argument(
+        "--metric",
+        choices=sorted(METRICS),
+        default=defaults.metric,
+        help="primary metric for model selection and reports",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seeds sampling, initialisation and data order",
+    )
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    group.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_output_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=required,
+        metavar="DIR",
+        help="output directory (written completely or not at all)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def data_config(args: argparse.Namespace) -> TaskDataConfig:
+    return TaskDataConfig(
+        train=args.train,
+        validation=args.validation,
+        test=args.test,
+        text_columns=args.text_columns,
+        label_column=args.label_column,
+        label_names=args.label_names,
+        max_train_samples=args.max_train_samples,
+        shots_per_class=args.shots_per_class,
+        max_eval_samples=args.max_eval_samples,
+        max_test_samples=args.max_test_samples,
+        seed=args.seed,
+        name=args.task_name,
+    )
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm,
+        eval_steps=args.eval_steps,
+        patience=args.patience,
+        metric=args.metric,
+        seed=args.seed,
+    ).validate()

@@ -1,0 +1,140 @@
+"""Everything a run needs to know about its classification task, in canonical form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from spruce.data.columns import ColumnSpec, infer_label_names, resolve_columns, to_canonical
+from spruce.data.readers import read_table
+from spruce.data.sampling import stratified_sample
+from spruce.errors import SpruceError
+
+
+@dataclass(frozen=True)
+class TaskDataConfig:
+    """Where a task's data lives and how much of the labelled training data a run may use."""
+
+    train: str
+    validation: str | None = None
+    test: str | None = None
+    text_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+    label_names: tuple[str, ...] | None = None
+    max_train_samples: int | None = None
+    shots_per_class: int | None = None
+    max_eval_samples: int | None = None
+    max_test_samples: int | None = None
+    seed: int = 0
+    name: str | None = None
+
+
+@dataclass
+class TaskData:
+    """Canonical splits (``text_a``, optional ``text_b``, ``label``) and the unlabelled rest.
+
+    ``unlabelled`` keeps the text (without labels) of the training rows the limited-data
+    sample did not take, for auxiliary objectives such as MLM.
+    """
+
+    name: str
+    columns: ColumnSpec
+    label_names: list[str]
+    train: datasets.Dataset
+    validation: datasets.Dataset | None = None
+    test: datasets.Dataset | None = None
+    unlabelled: datasets.Dataset | None = None
+    source_train_examples: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_pair(self) -> bool:
+        return self.columns.is_pair
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def task_name_from_path(path: str) -> str:
+    """``../shared/data/sst2/train.tsv`` -> ``sst2``; ``emails.jsonl`` -> ``emails``."""
+    p = Path(path)
+    if p.suffix and p.stem.lower() in ("train", "training", "data") and p.parent.name:
+        return p.parent.resolve().name
+    return p.stem if p.suffix else p.name.replace("/", "_")
+
+
+def load_task(config: TaskDataConfig) -> TaskData:
+    """Read, check and sample the task's splits."""
+    raw_train = read_table(config.train, split="train")
+    columns = resolve_columns(raw_train, config.text_columns, config.label_column, config.train)
+    label_names = _label_names(config, raw_train, columns)
+    if len(label_names) < 2:
+        raise SpruceError(
+            f"{config.train} has a single class ('{label_names[0]}') in column "
+            f"'{columns.label_column}'",
+            "classification needs at least two classes: check --label-column and the file",
+        )
+    full_train = to_canonical(raw_train, columns, label_names, config.train)
+    chosen, rest = stratified_sample(
+        full_train["label"],
+        max_samples=config.max_train_samples,
+        shots_per_class=config.shots_per_class,
+        seed=config.seed,
+        label_names=label_names,
+    )
+    train = full_train.select(chosen)
+    if len(set(train["label"])) < 2:
+        raise SpruceError(
+            "the sampled training set holds a single class",
+            "raise --max-train-samples or use --shots-per-class",
+        )
+    unlabelled = full_train.select(rest).remove_columns("label") if rest else None
+
+    def load_eval(path: str | None, split: str, limit: int | None) -> datasets.Dataset | None:
+        if path is None:
+            return None
+        raw = read_table(path, split=split)
+        spec = resolve_columns(
+            raw, config.text_columns or columns.text_columns, config.label_column, path
+        )
+        if spec.is_pair != columns.is_pair:
+            raise SpruceError(
+                f"{path} has text columns {', '.join(spec.text_columns)} but the training data "
+                f"has {', '.join(columns.text_columns)}",
+                "pass --text-columns so every split uses the same columns",
+            )
+        table = to_canonical(raw, spec, label_names, path)
+        if limit is not None and limit < len(table):
+            keep, _ = stratified_sample(table["label"], max_samples=limit, seed=config.seed)
+            table = table.select(keep)
+        return table
+
+    return TaskData(
+        name=config.name or task_name_from_path(config.train),
+        columns=columns,
+        label_names=label_names,
+        train=train,
+        validation=load_eval(config.validation, "validation", config.max_eval_samples),
+        test=load_eval(config.test, "test", config.max_test_samples),
+        unlabelled=unlabelled,
+        source_train_examples=len(full_train),
+    )
+
+
+def _label_names(
+    config: TaskDataConfig, raw_train: datasets.Dataset, columns: ColumnSpec
+) -> list[str]:
+    found = infer_label_names(raw_train[columns.label_column], config.train)
+    if not config.label_names:
+        return found
+    given = list(config.label_names)
+    missing = [name for name in found if name not in given]
+    if missing:
+        raise SpruceError(
+            f"--label-names does not list the labels {', '.join(missing)} found in {config.train}",
+            "list every label once, in the order you want their ids",
+        )
+    return given

