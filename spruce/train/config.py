@@ -16,7 +16,7 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 128
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
