@@ -39,3 +39,10 @@ def test_write_text_atomic_replaces_without_leftovers(tmp_path):
     write_text_atomic(path, "second")
     assert path.read_text() == "second"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_missing_parents_are_created(tmp_path):
+    out = tmp_path / "runs" / "bench" / "out"
+    with staged_output_dir(out) as staging:
+        (staging / "report.json").write_text("{}")
+    assert (out / "report.json").exists()

@@ -183,27 +183,17 @@ def test_missing_relative_path_is_not_sent_to_the_hub(
     assert "does not exist" in _error("./data/train")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a missing file whose suffix is not .csv/.tsv/.jsonl (train.txt) is looked up "
-    "on the hub (25 s of retries, several stderr lines) instead of 'does not exist'",
-)
-def test_missing_file_with_other_suffix_is_not_sent_to_the_hub(
+def test_missing_name_that_may_be_a_hub_dataset_is_one_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[object] = []
-
     def offline_hub(*args: object, **kwargs: object) -> None:
-        calls.append(args)
         raise ConnectionError("no network in tests")
 
     monkeypatch.setattr(readers.datasets, "load_dataset", offline_hub)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SpruceError) as info:
-        read_table("train.txt")
-    assert calls == []
-    assert "does not exist" in str(info.value)
+    for name in ("train.txt", "mydata/train"):
+        message = _error(name)
+        assert f"'{name}' is not a local file or directory" in message
 
 
 @pytest.mark.parametrize("name", ["empty.csv", "empty.tsv", "empty.jsonl"])
@@ -287,25 +277,15 @@ def test_non_utf8_bytes(tmp_path: Path, name: str) -> None:
     assert name in message
 
 
-# -- known bugs (strict xfail: they start passing once fixed) -------------------------------
+# -- line breaks inside fields ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: str.splitlines() drops the newline inside a quoted CSV field",
-)
 def test_csv_quoted_field_keeps_its_newline(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
     path.write_text('text,label\n"first line\nsecond line",pos\nb,neg\n')
     assert read_table(path)["text"] == ["first line\nsecond line", "b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SpruceError,
-    reason="bug: str.splitlines() also splits on U+2028/U+0085/form feed inside a field",
-)
 @pytest.mark.parametrize("char", ["\u2028", "\x85", "\x0c"])
 def test_unicode_line_separators_inside_fields(tmp_path: Path, char: str) -> None:
     tsv = tmp_path / "train.tsv"

@@ -28,8 +28,10 @@ def _quiet_libraries() -> None:
     # Load reports and per-file progress bars from transformers/datasets drown spruce's own.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
+    import huggingface_hub
     import transformers
 
+    huggingface_hub.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()

@@ -8,6 +8,7 @@ The output of this module is the canonical form every later stage reads: columns
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -103,7 +104,7 @@ def infer_label_names(raw_labels: Sequence[object], where: str) -> list[str]:
 
 
 def _is_int(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    return re.fullmatch(r"-?[0-9]+", text) is not None
 
 
 def _label_text(value: object, where: str, row: int) -> str:

