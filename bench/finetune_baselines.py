@@ -50,7 +50,7 @@ def table(out_root: Path) -> str:
         m = r["metrics"]
         lines.append(
             f"| {name} | {r['train_examples']} | {r['metrics_split']} | {m['accuracy']:.4f} | "
-            f"{m['macro_f1']:.4f} | {m['mcc']:.4f} | {r['best_step']} / {r['steps']} | "
+            f"{m['macro_f1']:.4f} | {m['mcc']:.4f} | {r['best_step'] or 'last'} / {r['steps']} | "
             f"{r['wall_time_s']:.0f} s |"
         )
     return "\n".join(lines)

@@ -191,9 +191,8 @@ def test_missing_name_that_may_be_a_hub_dataset_is_one_clear_error(
 
     monkeypatch.setattr(readers.datasets, "load_dataset", offline_hub)
     monkeypatch.chdir(tmp_path)
-    for name in ("train.txt", "mydata/train"):
-        message = _error(name)
-        assert f"'{name}' is not a local file or directory" in message
+    assert "data file train.txt does not exist" in _error("train.txt")
+    assert "'mydata/train' is not a local file or directory" in _error("mydata/train")
 
 
 @pytest.mark.parametrize("name", ["empty.csv", "empty.tsv", "empty.jsonl"])
