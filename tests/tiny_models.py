@@ -76,28 +76,20 @@ def make_tiny_model(directory: Path, family: str = "bert") -> Path:
         tokenizer = RobertaTokenizer(vocab=json.loads(Path(vocab_file).read_text()), merges=merges)
         vocab_size = len(tokenizer)
     common = {"vocab_size": vocab_size, "max_position_embeddings": 64}
+    bert_sizes = {
+        "hidden_size": SIZES["hidden"],
+        "num_hidden_layers": SIZES["layers"],
+        "num_attention_heads": SIZES["heads"],
+        "intermediate_size": SIZES["ffn"],
+    }
     if family == "bert":
-        model = BertModel(
-            BertConfig(
-                hidden_size=SIZES["hidden"],
-                num_hidden_layers=SIZES["layers"],
-                num_attention_heads=SIZES["heads"],
-                intermediate_size=SIZES["ffn"],
-                **common,
-            )
-        )
+        model = BertModel(BertConfig(**bert_sizes, **common))
     elif family == "roberta":
+        # RoBERTa positions start after the padding index, hence two extra positions.
+        roberta_ids = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
         model = RobertaModel(
             RobertaConfig(
-                hidden_size=SIZES["hidden"],
-                num_hidden_layers=SIZES["layers"],
-                num_attention_heads=SIZES["heads"],
-                intermediate_size=SIZES["ffn"],
-                pad_token_id=1,
-                bos_token_id=0,
-                eos_token_id=2,
-                max_position_embeddings=66,
-                vocab_size=vocab_size,
+                **bert_sizes, **roberta_ids, vocab_size=vocab_size, max_position_embeddings=66
             )
         )
     elif family == "distilbert":
