@@ -1,0 +1,18 @@
+"""Importance criteria for structured units (heads, FFN neurons), one small class each."""
+
+from spruce.criteria.base import Importance
+from spruce.criteria.gradient import GradientImportance, TaylorImportance, accumulate_gradients
+from spruce.criteria.magnitude import WeightImportance
+
+CRITERIA: dict[str, type[Importance]] = {
+    cls.name: cls for cls in (WeightImportance, GradientImportance, TaylorImportance)
+}
+
+__all__ = [
+    "CRITERIA",
+    "GradientImportance",
+    "Importance",
+    "TaylorImportance",
+    "WeightImportance",
+    "accumulate_gradients",
+]
