@@ -1,0 +1,58 @@
+"""Turn unit importances into binary masks that meet an encoder-sparsity target.
+
+Used by the one-shot and iterative baselines (``--method magnitude|taylor``). Units are
+ranked globally by importance per parameter, because a head owns ``4 * D * d`` weights
+and an FFN neuron ``2 * D``: comparing raw sums would always remove neurons first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spruce.errors import SpruceError
+from spruce.masks.units import UnitMasks
+from spruce.models.structure import EncoderShape
+
+
+def unit_costs(shape: EncoderShape) -> dict[str, int]:
+    """Encoder weights (attention and FFN matrices) removed with one unit of each type."""
+    return {"head": 4 * shape.hidden_size * shape.head_size, "ffn_neuron": 2 * shape.hidden_size}
+
+
+def encoder_weight_count(shape: EncoderShape) -> int:
+    d, D = shape.head_size, shape.hidden_size
+    return sum(4 * D * h * d + 2 * D * f for h, f in zip(shape.heads, shape.ffn, strict=True))
+
+
+def select_units(
+    scores: dict[str, torch.Tensor],
+    shape: EncoderShape,
+    target_sparsity: float,
+    current: UnitMasks | None = None,
+) -> UnitMasks:
+    """Binary masks removing the least important units until ``target_sparsity`` of the
+    encoder weights (relative to ``shape``) is gone. Units already removed in ``current``
+    stay removed (iterative pruning only ever removes more)."""
+    if not 0 <= target_sparsity < 1:
+        raise SpruceError(f"--target-sparsity must be in [0, 1), got {target_sparsity}")
+    costs = unit_costs(shape)
+    budget = target_sparsity * encoder_weight_count(shape)
+    masks = {}
+    for name in ("head", "ffn_neuron"):
+        previous = getattr(current, name) if current is not None else None
+        masks[name] = previous.clone() if previous is not None else torch.ones_like(scores[name])
+    removed = sum(float((masks[n] == 0).sum()) * costs[n] for n in masks)
+    candidates = [
+        (float(scores[name][index] / costs[name]), name, index)
+        for name in masks
+        for index in map(tuple, (masks[name] > 0).nonzero().tolist())
+    ]
+    candidates.sort()
+    for _, name, index in candidates:
+        # Stop at the unit that would overshoot the budget by more than half its cost:
+        # this lands closest to the target.
+        if removed + costs[name] / 2 > budget:
+            break
+        masks[name][index] = 0
+        removed += costs[name]
+    return UnitMasks(head=masks["head"], ffn_neuron=masks["ffn_neuron"])
