@@ -49,10 +49,10 @@ def select_units(
     ]
     candidates.sort()
     for _, name, index in candidates:
-        # Stop at the unit that would overshoot the budget by more than half its cost:
-        # this lands closest to the target.
+        # Skip a unit that would overshoot the budget by more than half its cost; a cheaper
+        # unit further down the ranking may still fit, landing closer to the target.
         if removed + costs[name] / 2 > budget:
-            break
+            continue
         masks[name][index] = 0
         removed += costs[name]
     return UnitMasks(head=masks["head"], ffn_neuron=masks["ffn_neuron"])
