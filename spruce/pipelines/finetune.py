@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,9 +9,9 @@ from typing import Any
 
 import torch
 
-import spruce
-from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, tokenize_split
-from spruce.models import TASK_METADATA_KEY, encoder_shape, load_classifier
+from spruce.data import TaskDataConfig, load_task
+from spruce.models import encoder_shape, load_classifier
+from spruce.pipelines.common import build_loaders, evaluate_splits, record_task, report_header
 from spruce.pipelines.runtime import resolve_device
 from spruce.report import count_parameters, plot_learning_curve, write_report
 from spruce.train import TrainConfig, Trainer, evaluate, seed_everything
@@ -46,7 +45,7 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
     seed_everything(run.train.seed)
     task = load_task(run.data)
     model, tokenizer, source = load_classifier(run.model, task.label_names)
-    loaders = _loaders(task, tokenizer, run)
+    loaders = build_loaders(task, tokenizer, run.train, run.max_length)
 
     def validate() -> dict[str, float]:
         return evaluate(model, loaders["validation"], device)
@@ -61,54 +60,27 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
         description=f"finetune {task.name}",
     )
     result = trainer.fit()
-    split_metrics = {
-        split: evaluate(model, loaders[split], device)
-        for split in ("validation", "test")
-        if split in loaders
-    }
-    report_split = "test" if "test" in split_metrics else "validation"
-    setattr(
-        model.config,
-        TASK_METADATA_KEY,
-        {
-            "task": task.name,
-            "text_columns": list(task.columns.text_columns),
-            "label_column": task.columns.label_column,
-            "max_length": run.max_length,
-        },
+    split_metrics = evaluate_splits(model, loaders, device)
+    record_task(model, task, run.max_length)
+    report = report_header(
+        "finetune", task, source, run.train.metric, split_metrics, run.train.seed, device
     )
-    report = {
-        "spruce_version": spruce.__version__,
-        "command": "finetune",
-        "task": task.name,
-        "model": source,
-        "metric": run.train.metric,
-        "metrics": split_metrics.get(report_split, {}),
-        "metrics_split": report_split if split_metrics else None,
-        "validation_metrics": split_metrics.get("validation"),
-        "test_metrics": split_metrics.get("test"),
-        "params": count_parameters(model),
-        "structure": encoder_shape(model.config).to_dict(),
-        "train_examples": len(task.train),
-        "unlabelled_examples": len(task.unlabelled) if task.unlabelled is not None else 0,
-        "source_train_examples": task.source_train_examples,
-        "label_names": task.label_names,
-        "text_columns": list(task.columns.text_columns),
-        "seed": run.train.seed,
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "stopped_early": result.stopped_early,
-        "train_time_s": round(result.wall_time_s, 2),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "config": {
-            "train": run.train.to_dict(),
-            "data": asdict(run.data),
-            "max_length": run.max_length,
-        },
-        "history": {"evaluations": result.evaluations, "loss": result.losses},
-    }
+    report.update(
+        {
+            "params": count_parameters(model),
+            "structure": encoder_shape(model.config).to_dict(),
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "stopped_early": result.stopped_early,
+            "train_time_s": round(result.wall_time_s, 2),
+            "config": {
+                "train": run.train.to_dict(),
+                "data": asdict(run.data),
+                "max_length": run.max_length,
+            },
+            "history": {"evaluations": result.evaluations, "loss": result.losses},
+        }
+    )
     report["wall_time_s"] = round(time.perf_counter() - start, 2)
     if run.out is not None:
         with staged_output_dir(Path(run.out), run.overwrite) as staging:
@@ -124,23 +96,3 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
             report["wall_time_s"] = round(time.perf_counter() - start, 2)
             write_report(report, staging / "report.json")
     return report
-
-
-def _loaders(task: TaskData, tokenizer, run: FinetuneRun) -> dict[str, torch.utils.data.DataLoader]:
-    cfg = run.train
-    loaders = {
-        "train": make_loader(
-            tokenize_split(task.train, tokenizer, run.max_length),
-            tokenizer,
-            cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed,
-        )
-    }
-    for name in ("validation", "test"):
-        split = getattr(task, name)
-        if split is not None:
-            loaders[name] = make_loader(
-                tokenize_split(split, tokenizer, run.max_length), tokenizer, cfg.eval_batch_size
-            )
-    return loaders

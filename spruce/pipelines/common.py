@@ -1,0 +1,94 @@
+"""Steps every training pipeline shares: data loaders, split evaluation, report header."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+import spruce
+from spruce.data import TaskData, make_loader, tokenize_split
+from spruce.models import TASK_METADATA_KEY
+from spruce.train import TrainConfig, evaluate
+
+
+def build_loaders(
+    task: TaskData, tokenizer: PreTrainedTokenizerBase, train: TrainConfig, max_length: int
+) -> dict[str, DataLoader]:
+    """A shuffled (seeded) training loader and ordered validation/test loaders."""
+    loaders = {
+        "train": make_loader(
+            tokenize_split(task.train, tokenizer, max_length),
+            tokenizer,
+            train.batch_size,
+            shuffle=True,
+            seed=train.seed,
+        )
+    }
+    for name in ("validation", "test"):
+        split = getattr(task, name)
+        if split is not None:
+            loaders[name] = make_loader(
+                tokenize_split(split, tokenizer, max_length), tokenizer, train.eval_batch_size
+            )
+    return loaders
+
+
+def evaluate_splits(
+    model: PreTrainedModel, loaders: dict[str, DataLoader], device: torch.device
+) -> dict[str, dict[str, float]]:
+    return {
+        split: evaluate(model, loaders[split], device)
+        for split in ("validation", "test")
+        if split in loaders
+    }
+
+
+def record_task(model: PreTrainedModel, task: TaskData, max_length: int) -> None:
+    """Store in the model config how it reads its task, so ``spruce eval`` needs no options."""
+    setattr(
+        model.config,
+        TASK_METADATA_KEY,
+        {
+            "task": task.name,
+            "text_columns": list(task.columns.text_columns),
+            "label_column": task.columns.label_column,
+            "max_length": max_length,
+        },
+    )
+
+
+def report_header(
+    command: str,
+    task: TaskData,
+    source: str,
+    metric: str,
+    split_metrics: dict[str, dict[str, float]],
+    seed: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The keys every report.json starts with."""
+    report_split = "test" if "test" in split_metrics else "validation"
+    return {
+        "spruce_version": spruce.__version__,
+        "command": command,
+        "task": task.name,
+        "model": source,
+        "metric": metric,
+        "metrics": split_metrics.get(report_split, {}),
+        "metrics_split": report_split if split_metrics else None,
+        "validation_metrics": split_metrics.get("validation"),
+        "test_metrics": split_metrics.get("test"),
+        "train_examples": len(task.train),
+        "unlabelled_examples": len(task.unlabelled) if task.unlabelled is not None else 0,
+        "source_train_examples": task.source_train_examples,
+        "label_names": task.label_names,
+        "text_columns": list(task.columns.text_columns),
+        "seed": seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
