@@ -63,6 +63,8 @@ class Trainer:
         evaluate: Callable[[], dict[str, float]] | None = None,
         loss_fn: LossFn = classification_loss,
         callbacks: Sequence[StepCallback] = (),
+        extra_optimizers: Sequence[torch.optim.Optimizer] = (),
+        keep_best: bool = True,
         device: torch.device | str = "cpu",
         progress: bool = True,
         description: str = "finetune",
@@ -73,6 +75,11 @@ class Trainer:
         self.evaluate_fn = evaluate
         self.loss_fn = loss_fn
         self.callbacks = list(callbacks)
+        # Gates and Lagrange multipliers have optimizers of their own (the multipliers
+        # ascend); they step in lock-step with the weights.
+        self.extra_optimizers = list(extra_optimizers)
+        # While a pruning phase changes the structure, an early checkpoint is not "best".
+        self.keep_best = keep_best
         self.device = torch.device(device)
         self.progress = progress
         self.description = description
@@ -126,7 +133,10 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                for optimizer in self.extra_optimizers:
+                    optimizer.step()
+                for optimizer in (self.optimizer, *self.extra_optimizers):
+                    optimizer.zero_grad(set_to_none=True)
                 step += 1
                 value = loss.item()
                 result.losses.append((step, value))
@@ -144,9 +154,10 @@ class Trainer:
                     if last_metric > best_value:
                         best_value, evals_without_gain = last_metric, 0
                         result.best_step, result.best_metrics = step, metrics
-                        best_state = copy.deepcopy(
-                            {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-                        )
+                        if self.keep_best:
+                            best_state = copy.deepcopy(
+                                {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+                            )
                     else:
                         evals_without_gain += 1
                 postfix = {"loss": f"{running_loss:.4f}"}
