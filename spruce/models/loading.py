@@ -72,6 +72,9 @@ def _sentence_transformers_encoder(path: Path) -> str:
 
 
 def load_config(source: str) -> PretrainedConfig:
+    # Registers spruce's compact model type with the Auto classes before anything is read.
+    import spruce.compact  # noqa: F401
+
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:

@@ -1,0 +1,154 @@
+"""``spruce prune``: a small, fast model from a pre-trained or fine-tuned one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spruce.cli import options
+from spruce.cli.parsing import fraction, name_list, positive_float, positive_int
+from spruce.masks.units import UNIT_TYPES
+from spruce.pipelines.prune import PruneRun, run_prune
+from spruce.pruning.config import METHODS, PruneConfig
+from spruce.train.distillation import DistillationConfig
+
+HELP = "structured pruning to a target sparsity, then compaction, export and measurement"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("prune", help=HELP, description=HELP)
+    options.add_model_option(parser)
+    options.add_data_options(parser)
+    options.add_train_options(parser)
+    defaults = PruneConfig()
+    group = parser.add_argument_group("pruning")
+    group.add_argument(
+        "--method",
+        choices=METHODS,
+        default=defaults.method,
+        help="l0: learned hard-concrete masks (CoFi); magnitude / taylor: "
+        "score-based structured pruning baselines",
+    )
+    group.add_argument(
+        "--target-sparsity",
+        type=fraction,
+        default=defaults.target_sparsity,
+        help="fraction of the encoder's attention and FFN weights to remove",
+    )
+    group.add_argument(
+        "--units",
+        type=name_list,
+        default=defaults.units,
+        help=f"unit types to prune (default: {','.join(UNIT_TYPES)})",
+    )
+    group.add_argument("--prune-epochs", type=positive_float, default=defaults.prune_epochs)
+    group.add_argument(
+        "--final-epochs",
+        type=positive_float,
+        default=defaults.final_epochs,
+        help="fine-tuning of the compact model",
+    )
+    group.add_argument("--prune-max-steps", type=positive_int)
+    group.add_argument("--final-max-steps", type=positive_int)
+    group.add_argument(
+        "--sparsity-warmup",
+        type=fraction,
+        default=defaults.sparsity_warmup,
+        help="fraction of the pruning steps over which the target ramps up",
+    )
+    group.add_argument("--lr-gates", type=positive_float, default=defaults.lr_gates)
+    group.add_argument("--lr-lambda", type=positive_float, default=defaults.lr_lambda)
+    group.add_argument(
+        "--prune-rounds",
+        type=positive_int,
+        default=defaults.prune_rounds,
+        help="magnitude/taylor: score-prune-fine-tune rounds (1 = one-shot)",
+    )
+    group.add_argument(
+        "--trim-vocab", action="store_true", help="keep only the vocabulary the task's text uses"
+    )
+    group.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    group.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    group.add_argument("--latency-repeats", type=positive_int, default=defaults.latency_repeats)
+    distill = parser.add_argument_group("distillation")
+    teacher = distill.add_mutually_exclusive_group()
+    teacher.add_argument(
+        "--teacher",
+        type=Path,
+        metavar="DIR",
+        help="a spruce finetune output: the teacher, and the model pruned",
+    )
+    teacher.add_argument(
+        "--distill",
+        action="store_true",
+        help="fine-tune a dense teacher first (--epochs), then prune it",
+    )
+    d = DistillationConfig()
+    distill.add_argument("--distill-temperature", type=positive_float, default=d.temperature)
+    distill.add_argument(
+        "--distill-alpha",
+        type=float,
+        default=d.alpha,
+        help="weight of the layer loss against the prediction loss",
+    )
+    distill.add_argument("--distill-task-weight", type=float, default=d.task_weight)
+    options.add_output_options(parser)
+    options.add_runtime_options(parser)
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    prune = PruneConfig(
+        method=args.method,
+        target_sparsity=args.target_sparsity,
+        units=tuple(args.units) if args.units else None,
+        prune_epochs=args.prune_epochs,
+        final_epochs=args.final_epochs,
+        prune_max_steps=args.prune_max_steps,
+        final_max_steps=args.final_max_steps,
+        sparsity_warmup=args.sparsity_warmup,
+        lr_gates=args.lr_gates,
+        lr_lambda=args.lr_lambda,
+        prune_rounds=args.prune_rounds,
+        distill=args.distill,
+        teacher=str(args.teacher) if args.teacher else None,
+        distillation=DistillationConfig(
+            temperature=args.distill_temperature,
+            alpha=args.distill_alpha,
+            task_weight=args.distill_task_weight,
+        ),
+        trim_vocab=args.trim_vocab,
+        export_onnx=not args.no_onnx,
+        measure_latency=not args.no_latency,
+        latency_repeats=args.latency_repeats,
+    )
+    report = run_prune(
+        PruneRun(
+            data=options.data_config(args),
+            prune=prune,
+            train=options.train_config(args),
+            model=args.model,
+            max_length=args.max_length,
+            out=args.out,
+            overwrite=args.overwrite,
+            device=args.device,
+            progress=not args.quiet,
+            threads=args.threads,
+        )
+    )
+    m = report["metrics"]
+    print(
+        f"{report['task']}: {report['metrics_split']} "
+        + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+        + f"; encoder sparsity {report['sparsity']['encoder']:.1%}, "
+        f"params {report['params']['total']:,} of {report['params']['dense_total']:,}"
+    )
+    if "latency_ms" in report:
+        lat = report["latency_ms"]
+        print(
+            f"latency batch 1: {lat['batch_1']['dense']:.1f} -> {lat['batch_1']['pruned']:.1f} ms; "
+            f"batch 32: {lat['batch_32']['dense']:.1f} -> {lat['batch_32']['pruned']:.1f} ms "
+            f"(FLOPs speed-up {report['flops']['speedup']}x)"
+        )
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,295 @@
+"""One hard-concrete gate per prunable unit type of an encoder, producing ``UnitMasks``.
+
+Training mode samples every gate once per call (one structure per step, shared by the
+batch, as CoFi does). Eval mode and :meth:`EncoderGates.deterministic_masks` give the
+fixed structure:
+
+1. **Per-group rounding (CoFi).** Each gate *group* keeps its rounded expected number of
+   units -- ``round(sum P(z > 0))`` -- choosing the largest ``log_alpha``. Groups: the
+   heads of one layer, the FFN units of one layer, the ``mha_layer`` gates over all
+   layers, the ``ffn_layer`` gates over all layers, the hidden dimensions.
+2. **Greedy size correction (ours).** Rounding every group and multiplying rounded
+   counts does not reproduce the expected size: with hesitant gates (a symmetric group
+   sitting at P = 0.7) every layer rounds the same way and the error compounds to
+   several points of sparsity. So, while it brings the exact parameter count closer to
+   the aim, we move one unit at a time -- removing the kept unit with the *lowest* keep
+   probability, or adding the removed unit with the *highest*, among the group
+   boundaries whose move reduces the error. Each group still keeps a top-``log_alpha``
+   prefix, so the result is a valid CoFi-style selection whose exact encoder size lands
+   on the aim to within about one unit's worth of parameters.
+
+The aim is the gates' own expected size by default (what was learned), or an explicit
+``target_sparsity`` (pass the run's target for the final structure: it then lands on
+the target even if the gates stopped short of it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from spruce.errors import SpruceError
+from spruce.masks.accounting import (
+    ATTENTION_MATRICES,
+    FFN_MATRICES,
+    dense_encoder_params,
+    expected_encoder_params,
+)
+from spruce.masks.hard_concrete import INIT_MEAN, HardConcreteGate, rank_descending
+from spruce.masks.units import UNIT_TYPES, UnitMasks
+from spruce.models.structure import EncoderShape
+
+PER_LAYER_UNITS = ("head", "ffn_neuron")  # 2-D gates whose groups are rows (layers)
+
+
+def gate_shape(unit: str, shape: EncoderShape) -> tuple[int, ...]:
+    """Shape of the gate tensor for ``unit`` (the ``UnitMasks`` field shape)."""
+    layers = shape.num_layers
+    return {
+        "head": (layers, shape.heads[0]),
+        "mha_layer": (layers,),
+        "ffn_neuron": (layers, shape.ffn[0]),
+        "ffn_layer": (layers,),
+        "hidden": (shape.hidden_size,),
+    }[unit]
+
+
+def shape_from_dict(data: Mapping) -> EncoderShape:
+    """Inverse of :meth:`EncoderShape.to_dict`."""
+    layers = data["layers"]
+    return EncoderShape(
+        num_layers=int(data["num_layers"]),
+        hidden_size=int(data["hidden_size"]),
+        head_size=int(data["head_size"]),
+        heads=tuple(int(x["heads"]) for x in layers),
+        ffn=tuple(int(x["ffn"]) for x in layers),
+    )
+
+
+class EncoderGates(nn.Module):
+    """Hard-concrete gates for the ``units`` of an encoder of ``shape``."""
+
+    def __init__(
+        self,
+        shape: EncoderShape,
+        units: Sequence[str] = UNIT_TYPES,
+        *,
+        init_mean: float | Mapping[str, float] = INIT_MEAN,
+    ) -> None:
+        super().__init__()
+        units = tuple(units)
+        unknown = sorted(set(units) - set(UNIT_TYPES))
+        if unknown or not units or len(set(units)) != len(units):
+            raise SpruceError(
+                f"cannot build gates for unit types {list(units)}",
+                f"choose distinct ones of: {', '.join(UNIT_TYPES)}",
+            )
+        if len(set(shape.heads)) != 1 or len(set(shape.ffn)) != 1:
+            # Gate tensors are rectangular [L, H] / [L, F]; an already pruned model with
+            # uneven layers would need padded gates that the accounting ignores.
+            raise SpruceError(
+                "gates need every layer to have the same number of heads and FFN units",
+                "prune the original dense model rather than an already pruned one",
+            )
+        self.shape = shape
+        if isinstance(init_mean, int | float):
+            means = {u: float(init_mean) for u in units}
+        else:
+            means = {u: float(init_mean.get(u, INIT_MEAN)) for u in units}
+        self.init_mean = means
+        # Keep UNIT_TYPES order whatever order the caller used: stable state_dict keys.
+        self.gates = nn.ModuleDict(
+            {
+                u: HardConcreteGate(gate_shape(u, shape), init_mean=means[u])
+                for u in UNIT_TYPES
+                if u in units
+            }
+        )
+        self._cache: tuple[tuple, UnitMasks] | None = None
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        return tuple(self.gates.keys())
+
+    @property
+    def config(self) -> dict:
+        """JSON-serializable description; :meth:`from_config` rebuilds the module."""
+        return {
+            "units": list(self.units),
+            "shape": self.shape.to_dict(),
+            "init_mean": self.init_mean,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> EncoderGates:
+        return cls(
+            shape_from_dict(config["shape"]),
+            config["units"],
+            init_mean=config.get("init_mean", INIT_MEAN),
+        )
+
+    def probs(self) -> dict[str, torch.Tensor]:
+        """``P(z > 0)`` per gated unit type (differentiable)."""
+        return {u: gate.prob_nonzero() for u, gate in self.gates.items()}
+
+    # -- masks --------------------------------------------------------------------------
+
+    def forward(self) -> UnitMasks:
+        """Sampled masks while training, the deterministic structure in eval mode."""
+        if self.training:
+            return UnitMasks(**{u: gate.sample() for u, gate in self.gates.items()})
+        return self.deterministic_masks()
+
+    def masks(self) -> UnitMasks:
+        return self()
+
+    def deterministic_masks(
+        self, target_sparsity: float | None = None, *, correct: bool = True
+    ) -> UnitMasks:
+        """The fixed structure (see the module doc). ``correct=False`` gives plain
+        per-group rounding, CoFi's rule. Cached until a gate parameter changes."""
+        key = (
+            tuple((id(p), p._version, p.device) for p in self.parameters()),
+            target_sparsity,
+            correct,
+        )
+        if self._cache is not None and self._cache[0] == key:
+            return UnitMasks(**dict(self._cache[1].items()))
+        counts = self.rounded_counts()
+        if correct:
+            if target_sparsity is None:
+                aim = float(expected_encoder_params(self).detach())
+            else:
+                aim = (1.0 - float(target_sparsity)) * dense_encoder_params(self.shape)
+            counts = _GreedyCorrection(self, counts).run(aim)
+        masks = self._masks_from_counts(counts)
+        self._cache = (key, masks)
+        return UnitMasks(**dict(masks.items()))
+
+    def rounded_counts(self) -> dict[str, int | list[int]]:
+        """Per-group rounded expected number of kept units (CoFi's deterministic rule)."""
+        counts: dict[str, int | list[int]] = {}
+        with torch.no_grad():
+            for unit, gate in self.gates.items():
+                expected = gate.expected_num_nonzero(per_row=unit in PER_LAYER_UNITS)
+                rounded = torch.floor(expected + 0.5).long()  # half up, not to even
+                counts[unit] = rounded.tolist() if unit in PER_LAYER_UNITS else int(rounded)
+        return counts
+
+    def _masks_from_counts(self, counts: Mapping[str, int | list[int]]) -> UnitMasks:
+        values = {
+            unit: gate.deterministic(counts[unit], per_row=unit in PER_LAYER_UNITS)
+            for unit, gate in self.gates.items()
+        }
+        # A removed block removes its heads / FFN units too: zero them so that every
+        # mask > 0 in the result is a unit that really remains (compaction reads them).
+        for block, units in (("mha_layer", "head"), ("ffn_layer", "ffn_neuron")):
+            if block in values and units in values:
+                values[units] = values[units] * (values[block] > 0).unsqueeze(1)
+        return UnitMasks(**values)
+
+
+class _GreedyCorrection:
+    """Moves group counts one unit at a time towards an exact parameter count."""
+
+    def __init__(self, gates: EncoderGates, counts: Mapping[str, int | list[int]]) -> None:
+        shape = gates.shape
+        self.layers = shape.num_layers
+        self.head_cost = ATTENTION_MATRICES * shape.head_size  # per head, per hidden dim
+        # Keep probabilities of every group sorted by the same ranking the masks use, so
+        # the k-th entry is the unit that the k-th kept (or first removed) slot holds.
+        self.sorted_probs: dict[tuple[str, int], list[float]] = {}
+        self.layer_order: dict[str, list[int]] = {}
+        self.counts: dict[tuple[str, int], int] = {}
+        with torch.no_grad():
+            for unit, gate in gates.gates.items():
+                probs, order = gate.prob_nonzero(), rank_descending(gate.log_alpha)
+                ranked = torch.gather(probs, -1, order)
+                if unit in PER_LAYER_UNITS:
+                    for layer in range(self.layers):
+                        self.sorted_probs[unit, layer] = ranked[layer].tolist()
+                        self.counts[unit, layer] = int(counts[unit][layer])
+                else:
+                    self.sorted_probs[unit, 0] = ranked.tolist()
+                    self.counts[unit, 0] = int(counts[unit])
+                    if unit != "hidden":
+                        self.layer_order[unit] = order.tolist()
+        self.dense = {
+            "head": shape.heads[0],
+            "ffn_neuron": shape.ffn[0],
+            "hidden": shape.hidden_size,
+        }
+
+    def _count(self, unit: str, layer: int = 0) -> int:
+        return self.counts.get((unit, layer), self.dense.get(unit, self.layers))
+
+    def _alive(self, block: str) -> list[bool]:
+        if block not in self.layer_order:
+            return [True] * self.layers
+        alive = [False] * self.layers
+        for layer in self.layer_order[block][: self.counts[block, 0]]:
+            alive[layer] = True
+        return alive
+
+    def run(self, aim: float) -> dict[str, int | list[int]]:
+        while True:
+            state = self._state()
+            error = state["hidden"] * state["per_hidden"] - aim
+            step = -1 if error > 0 else 1
+            best: tuple[float, float, tuple[str, int]] | None = None
+            for (unit, layer), probs in self.sorted_probs.items():
+                k = self.counts[unit, layer]
+                if not 0 <= k + step <= len(probs):
+                    continue
+                new_error = abs(error + step * self._unit_params(unit, layer, k, step, state))
+                if new_error >= abs(error):
+                    continue
+                prob = probs[k - 1] if step < 0 else probs[k]
+                # Least confident decision first: lowest P when removing, highest when adding.
+                rank = (prob if step < 0 else -prob, new_error)
+                if best is None or rank < best[:2]:
+                    best = (*rank, (unit, layer))
+            if best is None:
+                return self._result()
+            self.counts[best[2]] += step
+
+    def _state(self) -> dict:
+        state = {
+            "mha": self._alive("mha_layer"),
+            "ffn": self._alive("ffn_layer"),
+            "heads": [self._count("head", i) for i in range(self.layers)],
+            "neurons": [self._count("ffn_neuron", i) for i in range(self.layers)],
+            "hidden": self._count("hidden"),
+        }
+        state["per_hidden"] = sum(
+            self.head_cost * h * m + FFN_MATRICES * f * a
+            for h, f, m, a in zip(
+                state["heads"], state["neurons"], state["mha"], state["ffn"], strict=True
+            )
+        )
+        return state
+
+    def _unit_params(self, unit: str, layer: int, k: int, step: int, state: dict) -> int:
+        """Parameters the next unit added (step +1) or the last one removed (-1) holds."""
+        if unit == "hidden":
+            return state["per_hidden"]
+        hidden = state["hidden"]
+        if unit in ("mha_layer", "ffn_layer"):
+            target = self.layer_order[unit][k if step > 0 else k - 1]
+            if unit == "mha_layer":
+                return hidden * self.head_cost * state["heads"][target]
+            return hidden * FFN_MATRICES * state["neurons"][target]
+        if unit == "head":
+            return hidden * self.head_cost if state["mha"][layer] else 0
+        return hidden * FFN_MATRICES if state["ffn"][layer] else 0
+
+    def _result(self) -> dict[str, int | list[int]]:
+        result: dict[str, int | list[int]] = {}
+        for (unit, layer), count in self.counts.items():
+            if unit in PER_LAYER_UNITS:
+                result.setdefault(unit, [0] * self.layers)[layer] = count  # type: ignore[index]
+            else:
+                result[unit] = count
+        return result

@@ -1,0 +1,103 @@
+"""Settings of one ``spruce prune`` run, validated and JSON round-trippable."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from spruce.errors import SpruceError
+from spruce.masks.units import UNIT_TYPES
+from spruce.train.distillation import DistillationConfig
+
+METHODS = ("l0", "magnitude", "taylor")
+SCORED_UNITS = ("head", "ffn_neuron")  # what the score-based baselines remove
+
+
+@dataclass
+class PruneConfig:
+    """What to prune, how hard, and the length of each phase.
+
+    Phases: (teacher fine-tune) -> pruning (masks and weights learn together for ``l0``;
+    score-prune-fine-tune rounds for ``magnitude``/``taylor``) -> compaction -> final
+    fine-tune of the compact model.
+    """
+
+    method: str = "l0"
+    target_sparsity: float = 0.5
+    units: tuple[str, ...] | None = None  # None: every unit type the method can prune
+    prune_epochs: float = 10.0
+    final_epochs: float = 5.0
+    prune_max_steps: int | None = None
+    final_max_steps: int | None = None
+    sparsity_warmup: float = 0.5
+    lr_gates: float = 0.1
+    lr_lambda: float = 0.1
+    prune_rounds: int = 1
+    distill: bool = False
+    teacher: str | None = None
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    trim_vocab: bool = False
+    export_onnx: bool = True
+    measure_latency: bool = True
+    latency_repeats: int = 10
+
+    def validate(self) -> PruneConfig:
+        if self.method not in METHODS:
+            raise SpruceError(
+                f"--method {self.method} is not known", f"use one of {', '.join(METHODS)}"
+            )
+        if not 0 < self.target_sparsity < 1:
+            raise SpruceError(
+                f"--target-sparsity must be in (0, 1), got {self.target_sparsity}",
+                "e.g. 0.9 removes 90% of the encoder's attention and FFN weights",
+            )
+        if self.units is None:
+            self.units = UNIT_TYPES if self.method == "l0" else SCORED_UNITS
+        unknown = sorted(set(self.units) - set(UNIT_TYPES))
+        if unknown or not self.units:
+            raise SpruceError(
+                f"--units {','.join(self.units)} has unknown unit types {', '.join(unknown)}",
+                f"choose from {','.join(UNIT_TYPES)}",
+            )
+        if self.method != "l0" and set(self.units) - set(SCORED_UNITS):
+            raise SpruceError(
+                f"--method {self.method} prunes heads and FFN neurons only",
+                "pass --units head,ffn_neuron or use --method l0",
+            )
+        if not 0 <= self.sparsity_warmup <= 1:
+            raise SpruceError(f"--sparsity-warmup must be in [0, 1], got {self.sparsity_warmup}")
+        for name in ("prune_epochs", "final_epochs", "lr_gates", "lr_lambda"):
+            if getattr(self, name) < 0 or (name.startswith("lr") and getattr(self, name) == 0):
+                raise SpruceError(f"--{name.replace('_', '-')} must be positive")
+        if self.prune_rounds < 1 or self.latency_repeats < 1:
+            raise SpruceError("--prune-rounds and --latency-repeats must be at least 1")
+        if self.distill and self.teacher:
+            raise SpruceError(
+                "--distill and --teacher cannot be combined",
+                "--teacher uses a fine-tuned model; --distill trains one first",
+            )
+        self.distillation.validate()
+        return self
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.distill or self.teacher is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["units"] = list(self.units) if self.units is not None else None
+        values["distillation"] = self.distillation.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PruneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SpruceError(f"unknown pruning settings: {', '.join(unknown)}")
+        values = dict(values)
+        if "distillation" in values:
+            values["distillation"] = DistillationConfig(**values["distillation"])
+        if values.get("units") is not None:
+            values["units"] = tuple(values["units"])
+        return cls(**values).validate()
