@@ -78,13 +78,25 @@ def test_latency_is_sane_and_restores_threads(tiny_models: dict[str, Path], fami
 def test_latency_table_and_limits(tiny_models: dict[str, Path]) -> None:
     dense = AutoModel.from_pretrained(tiny_models["bert"])
     table = measure_latency_table(
-        {"dense": dense, "pruned": dense}, batch_sizes=(1, 4), seq_len=8, warmup=0, repeats=2
+        {"dense": dense, "pruned": dense},
+        batch_sizes=(1, 4),
+        seq_len=8,
+        warmup=0,
+        repeats=2,
+        threads=1,
     )
     assert set(table) == {"batch_1", "batch_4", "seq_len", "threads"}
     assert set(table["batch_4"]) == {"dense", "pruned"} and table["seq_len"] == 8
     assert all(v > 0 for row in ("batch_1", "batch_4") for v in table[row].values())
     with pytest.raises(SpruceError, match="positions"):
         measure_latency(dense, batch_size=1, seq_len=1000)
+
+
+def test_roberta_positions_limit(tiny_models: dict[str, Path]) -> None:
+    model = AutoModel.from_pretrained(tiny_models["roberta"])  # 66 positions, 64 usable
+    assert measure_latency(model, batch_size=1, seq_len=64, threads=1, repeats=1)["repeats"] == 1
+    with pytest.raises(SpruceError, match="64 positions"):
+        measure_latency(model, batch_size=1, seq_len=65)
 
 
 def _tiny_onnx(path: Path, vocab: int = 50, dim: int = 8) -> Path:

@@ -96,6 +96,11 @@ def measure_latency(
     if not vocab_size:
         raise SpruceError("cannot tell the model's vocabulary size", "pass vocab_size=")
     max_positions = getattr(config, "max_position_embeddings", None)
+    if max_positions is not None and (
+        getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
+        or getattr(config, "position_embedding_type", "") == "padding_offset"
+    ):
+        max_positions -= int(config.pad_token_id) + 1  # positions start after the padding id
     if max_positions is not None and seq_len > max_positions:
         raise SpruceError(
             f"seq_len {seq_len} exceeds the model's {max_positions} positions",
