@@ -66,9 +66,13 @@ def test_flops_reject_bad_sequence_length() -> None:
 def test_latency_is_sane_and_restores_threads(tiny_models: dict[str, Path], family: str) -> None:
     model = AutoModel.from_pretrained(tiny_models[family])
     model.train()  # measure_latency must switch to eval and back
-    before = torch.get_num_threads()
-    result = measure_latency(model, batch_size=2, seq_len=16, threads=1, warmup=1, repeats=5)
-    assert torch.get_num_threads() == before
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)  # a value the measurement (1 thread) differs from
+    try:
+        result = measure_latency(model, batch_size=2, seq_len=16, threads=1, warmup=1, repeats=5)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
     assert model.training
     assert 0 < result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
     assert result["threads"] == 1 and result["repeats"] == 5

@@ -59,6 +59,7 @@ def make_tiny_model(directory: Path, family: str = "bert") -> Path:
     if family in ("bert", "distilbert"):
         letters = "abcdefghijklmnopqrstuvwxyz"
         tokens = BERT_SPECIALS + WORDS + list(letters + ".,!'-") + [f"##{c}" for c in letters]
+        tokens = list(dict.fromkeys(tokens))  # "a" is a word and a letter: ids must not skip
         tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(tokens)})
         vocab_size = len(tokenizer)
     else:
