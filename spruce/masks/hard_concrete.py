@@ -101,8 +101,9 @@ class HardConcreteGate(nn.Module):
     def deterministic_value(self) -> torch.Tensor:
         """The test-time gate value: the sample at median noise (u = 1/2), clamped.
 
-        This is Louizos et al.'s test-time estimator of ``E[z]``; it is 1 for confident
-        gates and shrinks a hesitant gate's contribution. Not differentiable use intended.
+        This is Louizos et al.'s test-time estimator of ``E[z]`` (no closed form exists
+        for the mean itself): 1 for confident gates, smaller for hesitant ones, 0 below
+        ``log_alpha = beta * log(-gamma / zeta)``. Detached: it fixes a structure.
         """
         s = torch.sigmoid(self.log_alpha.detach() / self.beta)
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)

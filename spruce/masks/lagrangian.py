@@ -99,12 +99,20 @@ def make_optimizers(
     (``maximize=True``) on the multipliers; no weight decay on either.
 
     CoFi uses lr 0.01 for both over tens of thousands of steps; the defaults here are
-    larger because limited-data runs are short (see tests/test_sparsity_control.py for
-    convergence within a few hundred steps).
+    larger because limited-data runs are short (tests/test_sparsity_control.py converges
+    in a few hundred steps). The lambda optimizer has no momentum (``beta1 = 0``): lambda1
+    integrates the error already, and momentum on top adds phase lag, hence overshoot.
+    On a BERT-base-shaped toy (5 targets x 4 task-loss strengths x 2 seeds, 400 steps,
+    100 warm-up) momentum missed the target by more than 1 point in 12 of 40 runs, beta1
+    = 0 in 6, all with the strongest task pull.
     """
     gate_optimizer = torch.optim.AdamW(gates.parameters(), lr=lr_gates, weight_decay=0.0)
     lambda_optimizer = torch.optim.AdamW(
-        controller.lagrangian_parameters(), lr=lr_lambda, weight_decay=0.0, maximize=True
+        controller.lagrangian_parameters(),
+        lr=lr_lambda,
+        betas=(0.0, 0.999),
+        weight_decay=0.0,
+        maximize=True,
     )
     return gate_optimizer, lambda_optimizer
 
