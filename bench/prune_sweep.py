@@ -1,0 +1,121 @@
+"""Pruning sweep on SST-2 / RTE with the default MiniLM (issue 3 benchmarks, docs/results.md).
+
+Resumable: a run whose report.json exists is skipped. Run one process at a time.
+
+    python bench/prune_sweep.py --grid sparsity     # SST-2, 1 seed, 60/80/90/95%, 4 variants
+    python bench/prune_sweep.py --grid seeds        # 90%, 3 seeds, SST-2 and RTE
+    python bench/prune_sweep.py --grid sparsity --table-only
+
+Every run: 1,000 labelled examples, AdamW lr 1e-4, batch 32, pruning phase 10 epochs,
+final fine-tune 5 epochs, SST-2 at 64 tokens (its phrases are short), RTE at 128,
+validation on 1,000 stratified SST-2 validation phrases (RTE: none; its validation file
+is the test split), latency measured at batch 1 and 32, sequence length 128.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path("../shared/data")
+TASKS = {
+    "sst2": ["--train", f"{DATA}/sst2/train.tsv", "--validation", f"{DATA}/sst2/validation.tsv",
+             "--test", f"{DATA}/sst2/test.tsv", "--max-eval-samples", "1000",
+             "--max-length", "64"],
+    "rte": ["--train", f"{DATA}/rte/train.tsv", "--test", f"{DATA}/rte/validation.tsv",
+            "--max-length", "128"],
+}  # fmt: skip
+VARIANTS = {
+    "l0": ["--method", "l0"],
+    "l0-distill": ["--method", "l0", "--teacher", "{teacher}"],
+    "magnitude": ["--method", "magnitude"],
+    "taylor": ["--method", "taylor"],
+}
+
+
+def runs(grid: str) -> list[tuple[str, str, str, float, int]]:
+    """(name, task, variant, sparsity, seed) of every run in ``grid``."""
+    if grid == "sparsity":
+        return [(f"sst2-{v}-{int(s * 100)}-s0", "sst2", v, s, 0)
+                for s in (0.6, 0.8, 0.9, 0.95) for v in VARIANTS]  # fmt: skip
+    return [(f"{t}-{v}-90-s{seed}", t, v, 0.9, seed)
+            for t in ("sst2", "rte") for v in ("l0-distill", "magnitude")
+            for seed in (0, 1, 2)]  # fmt: skip
+
+
+def teacher_command(task: str, seed: int, root: Path) -> list[str]:
+    return ["spruce", "finetune", *TASKS[task], "--max-train-samples", "1000", "--seed",
+            str(seed), "--out", str(root / "teachers" / f"{task}-s{seed}")]  # fmt: skip
+
+
+def prune_command(run: tuple, root: Path) -> list[str]:
+    name, task, variant, sparsity, seed = run
+    teacher = str(root / "teachers" / f"{task}-s{seed}")
+    options = [part.format(teacher=teacher) for part in VARIANTS[variant]]
+    return ["spruce", "prune", *TASKS[task], *options, "--max-train-samples", "1000",
+            "--target-sparsity", str(sparsity), "--seed", str(seed),
+            "--out", str(root / name)]  # fmt: skip
+
+
+def execute(command: list[str], done: Path) -> None:
+    if done.exists():
+        print(f"skip {done.parent.name}: already done", flush=True)
+        return
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
+
+
+def table(grid: str, root: Path) -> str:
+    lines = ["| run | accuracy | encoder sparsity | params | FLOPs ratio "
+             "| latency b1 (dense -> pruned) | latency b32 | speed-up b32 / FLOPs speed-up |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    groups: dict[tuple, list[float]] = {}
+    for run in runs(grid):
+        path = root / run[0] / "report.json"
+        if not path.exists():
+            lines.append(f"| {run[0]} | (not run yet) | | | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        groups.setdefault(run[1:4], []).append(r["metrics"]["accuracy"])
+        lat, flops = r.get("latency_ms", {}), r["flops"]
+        b1, b32 = lat.get("batch_1", {}), lat.get("batch_32", {})
+        speedup = b32["dense"] / b32["pruned"] if b32 else float("nan")
+        lines.append(
+            f"| {run[0]} | {r['metrics']['accuracy']:.4f} | {r['sparsity']['encoder']:.3f} | "
+            f"{r['params']['total']:,} | {flops['fraction_of_dense']:.3f} | "
+            f"{b1.get('dense', 0):.1f} -> {b1.get('pruned', 0):.1f} ms | "
+            f"{b32.get('dense', 0):.0f} -> {b32.get('pruned', 0):.0f} ms | "
+            f"{speedup / flops['speedup']:.2f} |"
+        )
+    if grid == "seeds":
+        lines += ["", "| task / variant | accuracy mean +- std (n) |", "| --- | ---: |"]
+        for (task, variant, _), values in groups.items():
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            lines.append(f"| {task} {variant} | {statistics.mean(values):.4f} +- {spread:.4f}"
+                         f" ({len(values)}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", choices=("sparsity", "seeds"), required=True)
+    parser.add_argument("--root", type=Path, default=Path("runs/bench/prune"))
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    if not args.table_only:
+        for run in runs(args.grid):
+            if run[2] == "l0-distill":
+                teacher = args.root / "teachers" / f"{run[1]}-s{run[4]}"
+                execute(teacher_command(run[1], run[4], args.root), teacher / "report.json")
+            execute(prune_command(run, args.root), args.root / run[0] / "report.json")
+    print(table(args.grid, args.root))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
