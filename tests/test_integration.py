@@ -80,3 +80,24 @@ def test_demo_runs_end_to_end_on_the_spam_assassin_corpus(tmp_path, capsys):
     train_texts = {json.loads(x)["text"] for x in (out / "data" / "train.jsonl").open()}
     test_texts = {json.loads(x)["text"] for x in (out / "data" / "test.jsonl").open()}
     assert not train_texts & test_texts
+
+
+def test_prune_minilm_on_an_sst2_slice_lands_on_target_and_exports(tmp_path):
+    train = shared_data("sst2", "train.tsv")
+    out = tmp_path / "pruned"
+    argv = [
+        "prune", "--train", str(train), "--validation", str(train.parent / "validation.tsv"),
+        "--test", str(train.parent / "test.tsv"), "--max-train-samples", "200",
+        "--max-eval-samples", "100", "--max-test-samples", "100", "--max-length", "64",
+        "--target-sparsity", "0.8", "--prune-max-steps", "12", "--final-max-steps", "6",
+        "--latency-repeats", "1", "--seed", "0", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert abs(report["sparsity"]["encoder"] - 0.8) <= 0.01
+    assert report["params"]["dense_total"] == MINILM_PARAMS_WITH_BINARY_HEAD
+    assert report["params"]["total"] < report["params"]["dense_total"]
+    assert report["onnx"]["max_abs_diff"] <= 1e-4
+    assert report["latency_ms"]["seq_len"] == 128
+    assert report["bytes_on_disk"]["pruned"] < report["bytes_on_disk"]["dense"]
+    assert (out / "structure.png").exists() and (out / "model.onnx").exists()
