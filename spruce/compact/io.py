@@ -12,7 +12,7 @@ from spruce.compact.modeling import (
     SpruceCompactConfig,
 )
 from spruce.errors import SpruceError
-from spruce.models.loading import load_tokenizer
+from spruce.models.loading import load_tokenizer, saved_model_dir
 
 
 def save_pruned(
@@ -37,14 +37,7 @@ def load_pruned(
     path: str | Path,
 ) -> tuple[CompactModelForSequenceClassification, PreTrainedTokenizerBase]:
     """A compacted model and its tokenizer from ``path`` (a run directory or its ``model/``)."""
-    path = Path(path)
-    if (path / "model" / "config.json").exists():
-        path = path / "model"
-    if not (path / "config.json").exists():
-        raise SpruceError(
-            f"{path} holds no saved model (config.json missing)",
-            "pass the output directory of a pruning run, or its model/ folder",
-        )
+    path = saved_model_dir(path, "spruce prune")
     try:
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError) as error:

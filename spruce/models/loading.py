@@ -119,16 +119,22 @@ def load_classifier(
     return classifier, load_tokenizer(source), source
 
 
-def load_saved_classifier(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A model saved by spruce: ``DIR`` (a run's ``--out``) or ``DIR/model``."""
+def saved_model_dir(path: str | Path, command: str = "spruce finetune") -> Path:
+    """``DIR/model`` when ``DIR`` is a run's ``--out``, else ``DIR``; it must hold a config."""
     path = Path(path)
     if (path / "model" / "config.json").exists():
         path = path / "model"
     if not (path / "config.json").exists():
         raise SpruceError(
             f"{path} holds no saved model (config.json missing)",
-            "pass the --out directory of spruce finetune, or its model/ folder",
+            f"pass the --out directory of {command}, or its model/ folder",
         )
+    return path
+
+
+def load_saved_classifier(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model saved by spruce: ``DIR`` (a run's ``--out``) or ``DIR/model``."""
+    path = saved_model_dir(path)
     config = load_config(str(path))
     if not getattr(config, TASK_METADATA_KEY, None):
         raise SpruceError(

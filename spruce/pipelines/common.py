@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,9 +11,27 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import spruce
-from spruce.data import TaskData, make_loader, tokenize_split
+from spruce.data import TaskData, load_task, make_loader, tokenize_split
 from spruce.models import TASK_METADATA_KEY
-from spruce.train import TrainConfig, evaluate
+from spruce.pipelines.runtime import resolve_device
+from spruce.train import TrainConfig, evaluate, seed_everything
+from spruce.utils.atomic import check_output_dir
+
+
+def begin_run(run: Any) -> tuple[torch.device, TaskData]:
+    """What every training command does first, before any slow work: validate settings,
+    refuse an ``--out`` that may not be written, fix threads, device and seed, read data.
+
+    ``run`` is a ``FinetuneRun`` or ``PruneRun`` (fields ``train``, ``data``, ``out``,
+    ``overwrite``, ``threads``, ``device``)."""
+    run.train.validate()
+    if run.out is not None:
+        check_output_dir(Path(run.out), run.overwrite)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    device = resolve_device(run.device)
+    seed_everything(run.train.seed)
+    return device, load_task(run.data)
 
 
 def build_loaders(

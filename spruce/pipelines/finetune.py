@@ -7,15 +7,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from spruce.data import TaskDataConfig, load_task
+from spruce.data import TaskDataConfig
 from spruce.models import encoder_shape, load_classifier
-from spruce.pipelines.common import build_loaders, evaluate_splits, record_task, report_header
-from spruce.pipelines.runtime import resolve_device
+from spruce.pipelines.common import (
+    begin_run,
+    build_loaders,
+    evaluate_splits,
+    record_task,
+    report_header,
+)
 from spruce.report import count_parameters, plot_learning_curve, write_report
-from spruce.train import TrainConfig, Trainer, evaluate, seed_everything
-from spruce.utils.atomic import check_output_dir, staged_output_dir
+from spruce.train import TrainConfig, Trainer, evaluate
+from spruce.utils.atomic import staged_output_dir
 
 
 @dataclass
@@ -36,14 +39,7 @@ class FinetuneRun:
 def run_finetune(run: FinetuneRun) -> dict[str, Any]:
     """Fine-tune, evaluate and (with ``out``) write ``model/``, ``report.json`` and the curve."""
     start = time.perf_counter()
-    run.train.validate()
-    if run.out is not None:
-        check_output_dir(Path(run.out), run.overwrite)
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    device = resolve_device(run.device)
-    seed_everything(run.train.seed)
-    task = load_task(run.data)
+    device, task = begin_run(run)
     model, tokenizer, source = load_classifier(run.model, task.label_names)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
 

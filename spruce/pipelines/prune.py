@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from spruce.compact import check_onnx, compact_model, export_onnx, save_pruned
 from spruce.compact.vocab import directory_bytes, trim_vocabulary
-from spruce.data import TaskData, TaskDataConfig, load_task
+from spruce.data import TaskData, TaskDataConfig
 from spruce.errors import SpruceError
 from spruce.masks.accounting import (
     dense_encoder_params,
@@ -24,22 +24,27 @@ from spruce.masks.accounting import (
     structure_from_masks,
 )
 from spruce.models import encoder_shape, load_classifier, load_saved_classifier
-from spruce.pipelines.common import build_loaders, evaluate_splits, record_task, report_header
-from spruce.pipelines.runtime import resolve_device
+from spruce.pipelines.common import (
+    begin_run,
+    build_loaders,
+    evaluate_splits,
+    record_task,
+    report_header,
+)
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import learn_l0_masks, phase_config, score_and_prune
 from spruce.report import count_parameters, plot_learning_curve, write_report
 from spruce.report.flops import flops_summary
 from spruce.report.latency import measure_latency_table
 from spruce.report.structure_plot import plot_structure_heatmap
-from spruce.train import TrainConfig, Trainer, classification_loss, evaluate, seed_everything
+from spruce.train import TrainConfig, Trainer, classification_loss, evaluate
 from spruce.train.distillation import (
     LayerDistiller,
     default_teacher_layers,
     distillation_loss_fn,
 )
 from spruce.train.loop import LossFn
-from spruce.utils.atomic import check_output_dir, staged_output_dir
+from spruce.utils.atomic import staged_output_dir
 
 LATENCY_SEQ_LEN = 128
 
@@ -60,15 +65,8 @@ class PruneRun:
 
 def run_prune(run: PruneRun) -> dict[str, Any]:
     start = time.perf_counter()
-    run.train.validate()
     run.prune.validate()
-    if run.out is not None:
-        check_output_dir(Path(run.out), run.overwrite)
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    device = resolve_device(run.device)
-    seed_everything(run.train.seed)
-    task = load_task(run.data)
+    device, task = begin_run(run)
     student, tokenizer, source = _initial_model(run, task)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
 
