@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,31 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import spruce
-from spruce.data import TaskData, load_task, make_loader, tokenize_split
+from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, tokenize_split
 from spruce.models import TASK_METADATA_KEY
 from spruce.pipelines.runtime import resolve_device
 from spruce.train import TrainConfig, evaluate, seed_everything
 from spruce.utils.atomic import check_output_dir
 
 
-def begin_run(run: Any) -> tuple[torch.device, TaskData]:
-    """What every training command does first, before any slow work: validate settings,
-    refuse an ``--out`` that may not be written, fix threads, device and seed, read data.
+@dataclass
+class RunSettings:
+    """What every training command takes: data, optimisation, model, output, runtime."""
 
-    ``run`` is a ``FinetuneRun`` or ``PruneRun`` (fields ``train``, ``data``, ``out``,
-    ``overwrite``, ``threads``, ``device``)."""
+    data: TaskDataConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: str | None = None
+    max_length: int = 128
+    out: Path | None = None
+    overwrite: bool = False
+    device: str = "auto"
+    progress: bool = True
+    threads: int | None = None
+
+
+def begin_run(run: RunSettings) -> tuple[torch.device, TaskData]:
+    """What every training command does first, before any slow work: validate settings,
+    refuse an ``--out`` that may not be written, fix threads, device and seed, read data."""
     run.train.validate()
     if run.out is not None:
         check_output_dir(Path(run.out), run.overwrite)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from spruce.data import TaskDataConfig
 from spruce.models import encoder_shape, load_classifier
 from spruce.pipelines.common import (
+    RunSettings,
     begin_run,
     build_loaders,
     evaluate_splits,
@@ -17,23 +17,13 @@ from spruce.pipelines.common import (
     report_header,
 )
 from spruce.report import count_parameters, plot_learning_curve, write_report
-from spruce.train import TrainConfig, Trainer, evaluate
+from spruce.train import Trainer, evaluate
 from spruce.utils.atomic import staged_output_dir
 
 
 @dataclass
-class FinetuneRun:
-    """One ``spruce finetune``: what data, which model, how to train, where to write."""
-
-    data: TaskDataConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: str | None = None
-    max_length: int = 128
-    out: Path | None = None
-    overwrite: bool = False
-    device: str = "auto"
-    progress: bool = True
-    threads: int | None = None
+class FinetuneRun(RunSettings):
+    """One ``spruce finetune``: the shared run settings, nothing more."""
 
 
 def run_finetune(run: FinetuneRun) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from spruce.compact import check_onnx, compact_model, export_onnx, save_pruned
 from spruce.compact.vocab import directory_bytes, trim_vocabulary
-from spruce.data import TaskData, TaskDataConfig
+from spruce.data import TaskData
 from spruce.errors import SpruceError
 from spruce.masks.accounting import (
     dense_encoder_params,
@@ -25,6 +25,7 @@ from spruce.masks.accounting import (
 )
 from spruce.models import encoder_shape, load_classifier, load_saved_classifier
 from spruce.pipelines.common import (
+    RunSettings,
     begin_run,
     build_loaders,
     evaluate_splits,
@@ -37,7 +38,7 @@ from spruce.report import count_parameters, plot_learning_curve, write_report
 from spruce.report.flops import flops_summary
 from spruce.report.latency import measure_latency_table
 from spruce.report.structure_plot import plot_structure_heatmap
-from spruce.train import TrainConfig, Trainer, classification_loss, evaluate
+from spruce.train import Trainer, classification_loss, evaluate
 from spruce.train.distillation import (
     LayerDistiller,
     default_teacher_layers,
@@ -50,17 +51,10 @@ LATENCY_SEQ_LEN = 128
 
 
 @dataclass
-class PruneRun:
-    data: TaskDataConfig
+class PruneRun(RunSettings):
+    """One ``spruce prune``: the shared run settings plus what and how to prune."""
+
     prune: PruneConfig = field(default_factory=PruneConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: str | None = None
-    max_length: int = 128
-    out: Path | None = None
-    overwrite: bool = False
-    device: str = "auto"
-    progress: bool = True
-    threads: int | None = None
 
 
 def run_prune(run: PruneRun) -> dict[str, Any]:
