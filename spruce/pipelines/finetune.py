@@ -74,7 +74,7 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
             tokenizer.save_pretrained(staging / "model")
             plot_learning_curve(
                 result.losses,
-                [(e["step"], e[run.train.metric]) for e in result.evaluations],
+                result.evaluations,
                 run.train.metric,
                 staging / "learning_curve.png",
                 title=f"{task.name}: {len(task.train)} labelled examples, seed {run.train.seed}",

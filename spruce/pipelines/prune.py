@@ -275,7 +275,7 @@ def _write_outputs(run, task, report, compact, tokenizer, dense_reference, final
         )
         plot_learning_curve(
             final.losses,
-            [(e["step"], e[run.train.metric]) for e in final.evaluations],
+            final.evaluations,
             run.train.metric,
             staging / "learning_curve.png",
             title=f"{report['task']}: final fine-tune of the compact model",

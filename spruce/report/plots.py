@@ -13,12 +13,14 @@ import matplotlib.pyplot as plt
 
 def plot_learning_curve(
     losses: Sequence[tuple[int, float]],
-    evaluations: Sequence[tuple[int, float]],
+    evaluations: Sequence[dict[str, float]],
     metric: str,
     path: Path,
     title: str = "",
 ) -> None:
-    """Training loss (raw and smoothed) and the validation metric against the step."""
+    """Training loss (raw and smoothed) and the validation metric against the step.
+
+    ``evaluations`` are the trainer's records (``{"step": ..., metric: ...}``)."""
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
     if losses:
         steps, values = zip(*losses, strict=True)
@@ -33,7 +35,8 @@ def plot_learning_curve(
         ax_loss.legend()
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
     if evaluations:
-        steps, values = zip(*evaluations, strict=True)
+        steps = [e["step"] for e in evaluations]
+        values = [e[metric] for e in evaluations]
         ax_metric.plot(steps, values, marker="o", color="tab:green")
         best = max(range(len(values)), key=values.__getitem__)
         ax_metric.scatter(
