@@ -4,12 +4,15 @@ Resumable: a run whose report.json exists is skipped. Run one process at a time.
 
     python bench/prune_sweep.py --grid sparsity     # SST-2, 1 seed, 60/80/90/95%, 4 variants
     python bench/prune_sweep.py --grid seeds        # 90%, 3 seeds, SST-2 and RTE
+    python bench/prune_sweep.py --grid all          # both, most informative runs first
     python bench/prune_sweep.py --grid sparsity --table-only
 
 Every run: 1,000 labelled examples, AdamW lr 1e-4, batch 32, pruning phase 10 epochs,
 final fine-tune 5 epochs, SST-2 at 64 tokens (its phrases are short), RTE at 128,
 validation on 1,000 stratified SST-2 validation phrases (RTE: none; its validation file
-is the test split), latency measured at batch 1 and 32, sequence length 128.
+is the test split). Runs skip their own latency measurement (``--no-latency``): the sweep
+is meant to run beside other work, which would spoil timings. Time the finished shapes
+alone afterwards with ``bench/latency_shapes.py runs/bench/prune/*/report.json``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ VARIANTS = {
 
 def runs(grid: str) -> list[tuple[str, str, str, float, int]]:
     """(name, task, variant, sparsity, seed) of every run in ``grid``."""
+    if grid == "all":
+        # 90% (every comparison uses it), then the seeds, then the other sparsities.
+        ordered = sorted(runs("sparsity"), key=lambda run: run[3] != 0.9)
+        ordered[4:4] = [run for run in runs("seeds") if run not in ordered]
+        return ordered
     if grid == "sparsity":
         # 90% first: the sparsity every other comparison in the issue uses.
         return [(f"sst2-{v}-{int(s * 100)}-s0", "sst2", v, s, 0)
@@ -61,7 +69,7 @@ def prune_command(run: tuple, root: Path) -> list[str]:
     teacher = str(root / "teachers" / f"{task}-s{seed}")
     options = [part.format(teacher=teacher) for part in VARIANTS[variant]]
     return ["spruce", "prune", *TASKS[task], *options, "--max-train-samples", "1000",
-            "--target-sparsity", str(sparsity), "--seed", str(seed),
+            "--target-sparsity", str(sparsity), "--seed", str(seed), "--no-latency",
             "--out", str(root / name)]  # fmt: skip
 
 
@@ -74,9 +82,9 @@ def execute(command: list[str], done: Path) -> None:
 
 
 def table(grid: str, root: Path) -> str:
-    lines = ["| run | accuracy | encoder sparsity | params | FLOPs ratio "
-             "| latency b1 (dense -> pruned) | latency b32 | speed-up b32 / FLOPs speed-up |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = ["| run | accuracy | encoder sparsity | params | FLOPs speed-up | hidden "
+             "| heads per layer | FFN per layer |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]  # fmt: skip
     groups: dict[tuple, list[float]] = {}
     for run in runs(grid):
         path = root / run[0] / "report.json"
@@ -85,17 +93,14 @@ def table(grid: str, root: Path) -> str:
             continue
         r = json.loads(path.read_text())
         groups.setdefault(run[1:4], []).append(r["metrics"]["accuracy"])
-        lat, flops = r.get("latency_ms", {}), r["flops"]
-        b1, b32 = lat.get("batch_1", {}), lat.get("batch_32", {})
-        speedup = b32["dense"] / b32["pruned"] if b32 else float("nan")
+        layers = r["structure"]["layers"]
         lines.append(
             f"| {run[0]} | {r['metrics']['accuracy']:.4f} | {r['sparsity']['encoder']:.3f} | "
-            f"{r['params']['total']:,} | {flops['fraction_of_dense']:.3f} | "
-            f"{b1.get('dense', 0):.1f} -> {b1.get('pruned', 0):.1f} ms | "
-            f"{b32.get('dense', 0):.0f} -> {b32.get('pruned', 0):.0f} ms | "
-            f"{speedup / flops['speedup']:.2f} |"
+            f"{r['params']['total']:,} | {r['flops']['speedup']:.2f}x | "
+            f"{r['structure']['hidden']} | {' '.join(str(x['heads']) for x in layers)} | "
+            f"{' '.join(str(x['ffn']) for x in layers)} |"
         )
-    if grid == "seeds":
+    if grid != "sparsity":
         lines += ["", "| task / variant | accuracy mean +- std (n) |", "| --- | ---: |"]
         for (task, variant, _), values in groups.items():
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -106,7 +111,7 @@ def table(grid: str, root: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", choices=("sparsity", "seeds"), required=True)
+    parser.add_argument("--grid", choices=("sparsity", "seeds", "all"), required=True)
     parser.add_argument("--root", type=Path, default=Path("runs/bench/prune"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()

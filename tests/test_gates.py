@@ -215,3 +215,30 @@ def test_deterministic_masks_follow_parameter_updates():
     cached = gates.deterministic_masks()
     cached.hidden.zero_()  # callers get copies; the cache stays intact
     assert int((gates.deterministic_masks().hidden > 0).sum()) == 16
+
+
+@pytest.mark.parametrize("target", [0.3, 0.62, 0.9])
+def test_size_multiple_gives_round_widths_and_still_lands_on_the_target(target):
+    torch.manual_seed(4)
+    shape = EncoderShape(4, 96, 16, (6,) * 4, (200,) * 4)  # 200 is not a multiple of 16
+    gates = EncoderGates(shape, size_multiple=16)
+    with torch.no_grad():
+        for p in gates.parameters():
+            p.normal_(1.0, 1.5)
+    masks = gates.deterministic_masks(target)
+    structure = structure_from_masks(masks, shape)
+    widths = [layer["ffn"] for layer in structure["layers"]] + [structure["hidden"]]
+    assert all(w % 16 == 0 or w == 200 for w in widths), widths
+    assert sparsity_from_masks(masks, shape) == pytest.approx(target, abs=0.01)
+    unrounded = EncoderGates(shape)
+    unrounded.load_state_dict(gates.state_dict())
+    plain = structure_from_masks(unrounded.deterministic_masks(target), shape)
+    assert any(layer["ffn"] % 16 for layer in plain["layers"]) or plain["hidden"] % 16
+
+
+def test_size_multiple_round_trips_and_rejects_zero():
+    shape = EncoderShape(2, 32, 8, (4, 4), (64, 64))
+    gates = EncoderGates(shape, size_multiple=8)
+    assert EncoderGates.from_config(json.loads(json.dumps(gates.config))).size_multiple == 8
+    with pytest.raises(SpruceError, match="size_multiple"):
+        EncoderGates(shape, size_multiple=0)

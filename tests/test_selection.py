@@ -54,3 +54,31 @@ def test_iterative_selection_never_restores_units():
 def test_target_out_of_range_is_a_user_error():
     with pytest.raises(SpruceError, match="target-sparsity"):
         select_units({"head": torch.rand(3, 4), "ffn_neuron": torch.rand(3, 32)}, SHAPE, 1.0)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.6, 0.9])
+def test_size_multiple_rounds_every_ffn_width_and_stays_near_the_target(target):
+    torch.manual_seed(2)
+    scores = {"head": torch.rand(3, 4), "ffn_neuron": torch.rand(3, 32)}
+    masks = select_units(scores, SHAPE, target, size_multiple=8)
+    assert all(int(width) % 8 == 0 for width in masks.ffn_neuron.sum(dim=1)), masks.ffn_neuron
+    # At most half a multiple of neurons per layer away from the unrounded selection.
+    drift = 3 * 4 * unit_costs(SHAPE)["ffn_neuron"] / encoder_weight_count(SHAPE)
+    tolerance = max(unit_costs(SHAPE).values()) / 2 / encoder_weight_count(SHAPE)
+    assert abs((1 - remaining_fraction(masks)) - target) <= tolerance + drift
+
+
+def test_size_multiple_never_restores_units_removed_in_an_earlier_round():
+    torch.manual_seed(5)
+    first = select_units(
+        {"head": torch.rand(3, 4), "ffn_neuron": torch.rand(3, 32)}, SHAPE, 0.4, size_multiple=8
+    )
+    second = select_units(
+        {"head": torch.rand(3, 4), "ffn_neuron": torch.rand(3, 32)},
+        SHAPE,
+        0.5,
+        first,
+        size_multiple=8,
+    )
+    assert ((first.ffn_neuron == 0) <= (second.ffn_neuron == 0)).all()
+    assert all(int(width) % 8 == 0 for width in second.ffn_neuron.sum(dim=1))

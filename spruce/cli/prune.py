@@ -65,6 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="magnitude/taylor: score-prune-fine-tune rounds (1 = one-shot)",
     )
     group.add_argument(
+        "--size-multiple",
+        type=positive_int,
+        default=defaults.size_multiple,
+        help="round kept FFN widths and the hidden size to multiples of this "
+        "(faster matrix products; 1 = no rounding)",
+    )
+    group.add_argument(
         "--trim-vocab", action="store_true", help="keep only the vocabulary the task's text uses"
     )
     group.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
@@ -110,6 +117,7 @@ def handle(args: argparse.Namespace) -> int:
         lr_gates=args.lr_gates,
         lr_lambda=args.lr_lambda,
         prune_rounds=args.prune_rounds,
+        size_multiple=args.size_multiple,
         distill=args.distill,
         teacher=str(args.teacher) if args.teacher else None,
         distillation=DistillationConfig(

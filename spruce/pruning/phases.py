@@ -56,7 +56,9 @@ def learn_l0_masks(
     extra_optimizers: Sequence[torch.optim.Optimizer] = (),
 ) -> PhaseResult:
     config = phase_config(train, prune.prune_epochs, prune.prune_max_steps)
-    gates = EncoderGates(encoder_shape(model.config), prune.units).to(device)
+    gates = EncoderGates(
+        encoder_shape(model.config), prune.units, size_multiple=prune.size_multiple
+    ).to(device)
     trainer_steps = config.max_steps or max(1, round(config.epochs * len(loader)))
     controller = SparsityController(
         prune.target_sparsity, warmup_steps=int(prune.sparsity_warmup * trainer_steps)
@@ -139,7 +141,9 @@ def score_and_prune(
             scores = criterion(model)
             model.zero_grad(set_to_none=True)
         target = prune.target_sparsity * round_index / prune.prune_rounds
-        masks = select_units(scores, shape, target, current=masks)
+        masks = select_units(
+            scores, shape, target, current=masks, size_multiple=prune.size_multiple
+        )
         if round_index < prune.prune_rounds:
             config = phase_config(
                 train,

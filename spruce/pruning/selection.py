@@ -29,10 +29,13 @@ def select_units(
     shape: EncoderShape,
     target_sparsity: float,
     current: UnitMasks | None = None,
+    size_multiple: int = 1,
 ) -> UnitMasks:
     """Binary masks removing the least important units until ``target_sparsity`` of the
     encoder weights (relative to ``shape``) is gone. Units already removed in ``current``
-    stay removed (iterative pruning only ever removes more)."""
+    stay removed (iterative pruning only ever removes more). With ``size_multiple`` > 1,
+    every layer's kept FFN width is then moved to a multiple of it (or the dense width),
+    which shifts the sparsity by at most ``size_multiple / 2`` neurons per layer."""
     if not 0 <= target_sparsity < 1:
         raise SpruceError(f"--target-sparsity must be in [0, 1), got {target_sparsity}")
     costs = unit_costs(shape)
@@ -55,4 +58,30 @@ def select_units(
             continue
         masks[name][index] = 0
         removed += costs[name]
+    if size_multiple > 1:
+        previous = getattr(current, "ffn_neuron", None) if current is not None else None
+        masks["ffn_neuron"] = _snap_ffn_widths(
+            masks["ffn_neuron"], scores["ffn_neuron"], previous, size_multiple
+        )
     return UnitMasks(head=masks["head"], ffn_neuron=masks["ffn_neuron"])
+
+
+def _snap_ffn_widths(
+    keep: torch.Tensor, scores: torch.Tensor, previous: torch.Tensor | None, multiple: int
+) -> torch.Tensor:
+    """Per layer, drop the weakest kept neurons or restore the strongest ones removed in
+    this round (never one removed earlier) until the width is a multiple of ``multiple``."""
+    keep = keep.clone()
+    for layer in range(keep.shape[0]):
+        row, dense = keep[layer], keep.shape[1]
+        kept = int((row > 0).sum())
+        down = kept // multiple * multiple
+        up = min(down + multiple, dense)
+        restorable = (row == 0) if previous is None else (row == 0) & (previous[layer] > 0)
+        if up - kept <= kept - down and up - kept <= int(restorable.sum()):
+            candidates = torch.where(restorable, scores[layer], float("-inf"))
+            row[candidates.argsort(descending=True)[: up - kept]] = 1
+        else:
+            candidates = torch.where(row > 0, scores[layer], float("inf"))
+            row[candidates.argsort()[: kept - down]] = 0
+    return keep

@@ -1,0 +1,139 @@
+"""Measured CPU speed-up of compact encoders against their FLOPs speed-up, per structure.
+
+Why a separate benchmark: a model's latency depends on its shape, not its weights, so the
+question "does a pruned shape run as fast as its FLOPs promise?" can be answered without
+training. Each structure (from a ``spruce prune`` report, or a uniform one at a chosen
+sparsity) becomes a ``spruce_compact`` model with random weights and is timed against
+the dense default model at batch 1 and 32, sequence length 128, on the same inputs.
+``--size-multiple`` also times each structure with its FFN widths and hidden size rounded
+to that multiple (the default of ``spruce prune``), to show what the rounding buys.
+
+    python bench/latency_shapes.py runs/bench/prune/*/report.json --size-multiple 8
+    python bench/latency_shapes.py --uniform 0.6 0.8 0.9 0.95
+
+Run it alone: a second busy process on the machine ruins every timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from spruce.compact.modeling import CompactModelForSequenceClassification, SpruceCompactConfig
+from spruce.models import encoder_shape, load_classifier
+from spruce.models.structure import EncoderShape
+from spruce.report.flops import model_flops
+from spruce.report.latency import measure_latency
+
+
+def rounded(width: int, multiple: int, dense: int) -> int:
+    if multiple <= 1 or width in (0, dense):
+        return width
+    return min(max(multiple, round(width / multiple) * multiple), dense)
+
+
+def compact_like(dense_config, structure: dict, multiple: int = 1):
+    hidden_dense = dense_config.hidden_size
+    hidden = rounded(structure["hidden"], multiple, hidden_dense)
+    heads = [layer["heads"] for layer in structure["layers"]]
+    ffn = [
+        rounded(layer["ffn"], multiple, dense_config.intermediate_size)
+        for layer in structure["layers"]
+    ]
+    config = SpruceCompactConfig(
+        vocab_size=dense_config.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=len(heads),
+        num_attention_heads=max(max(heads), 1),
+        attention_head_size=hidden_dense // dense_config.num_attention_heads,
+        intermediate_size=max(max(ffn), 1),
+        layer_heads=heads,
+        layer_ffn=ffn,
+        max_position_embeddings=dense_config.max_position_embeddings,
+        type_vocab_size=dense_config.type_vocab_size,
+        classifier_hidden_size=hidden_dense,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    model = CompactModelForSequenceClassification(config).eval()
+    shape = EncoderShape(len(heads), hidden, config.attention_head_size, tuple(heads), tuple(ffn))
+    return model, shape
+
+
+def uniform_structure(dense: EncoderShape, sparsity: float) -> dict:
+    """Every layer and the hidden size scaled by the same factor: sqrt(1 - s) each way."""
+    keep = math.sqrt(1 - sparsity)
+    return {
+        "hidden": round(dense.hidden_size * keep),
+        "layers": [
+            {"heads": max(1, round(h * keep)), "ffn": round(f * keep)}
+            for h, f in zip(dense.heads, dense.ffn, strict=True)
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="*", type=Path, help="report.json files of pruned runs")
+    parser.add_argument("--uniform", nargs="*", type=float, default=[], help="sparsities")
+    parser.add_argument("--size-multiple", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+
+    dense_model, _, _ = load_classifier("minilm-l6", ["negative", "positive"])
+    dense_model.eval()
+    dense_shape = encoder_shape(dense_model.config)
+    structures = {
+        path.parent.name: json.loads(path.read_text())["structure"] for path in args.reports
+    }
+    structures.update(
+        {f"uniform-{int(s * 100)}": uniform_structure(dense_shape, s) for s in args.uniform}
+    )
+
+    def timed(model, batch_size: int) -> float:
+        return measure_latency(
+            model, batch_size=batch_size, seq_len=128, threads=args.threads, repeats=args.repeats
+        )["median_ms"]
+
+    dense_ms = {b: timed(dense_model, b) for b in (1, 32)}
+    dense_flops = model_flops(dense_shape, 128, 2)
+    print(f"dense: b1 {dense_ms[1]:.1f} ms, b32 {dense_ms[32]:.1f} ms")
+    print("| structure | hidden | FLOPs speed-up | b1 speed-up | b32 speed-up | b32 / FLOPs |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    rows = []
+    multiples = sorted({1, args.size_multiple})
+    for name, structure in structures.items():
+        for multiple in multiples:
+            model, shape = compact_like(dense_model.config, structure, multiple)
+            flops_speedup = dense_flops / model_flops(shape, 128, 2)
+            b1, b32 = (dense_ms[b] / timed(model, b) for b in (1, 32))
+            label = name if multiple == 1 else f"{name}, widths x{multiple}"
+            rows.append(
+                {
+                    "structure": label,
+                    "hidden": shape.hidden_size,
+                    "ffn": list(shape.ffn),
+                    "heads": list(shape.heads),
+                    "flops_speedup": round(flops_speedup, 3),
+                    "b1_speedup": round(b1, 3),
+                    "b32_speedup": round(b32, 3),
+                    "ratio_b32": round(b32 / flops_speedup, 3),
+                }
+            )
+            print(
+                f"| {label} | {shape.hidden_size} | {flops_speedup:.2f}x | {b1:.2f}x "
+                f"| {b32:.2f}x | {b32 / flops_speedup:.2f} |",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"dense_ms": dense_ms, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
