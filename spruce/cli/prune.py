@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from spruce.cli import options
 from spruce.cli.parsing import fraction, name_list, positive_float, positive_int
+from spruce.errors import SpruceError
 from spruce.masks.units import UNIT_TYPES
 from spruce.pipelines.prune import PruneRun, run_prune
 from spruce.pruning.config import METHODS, PruneConfig
 from spruce.train.distillation import DistillationConfig
+from spruce.transfer.config import (
+    COUPLINGS,
+    DEFAULT_WITH_AUX,
+    SCHEDULES,
+    TRANSFERS,
+    TransferConfig,
+    parse_aux,
+)
 
 HELP = "structured pruning to a target sparsity, then compaction, export and measurement"
 
@@ -99,9 +109,97 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="weight of the layer loss against the prediction loss",
     )
     distill.add_argument("--distill-task-weight", type=float, default=d.task_weight)
+    _add_transfer_options(parser)
     options.add_output_options(parser)
     options.add_runtime_options(parser)
     parser.set_defaults(handler=handle)
+
+
+def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
+    t = TransferConfig()
+    group = parser.add_argument_group(
+        "transfer from auxiliary tasks",
+        "with --aux and no coupling options, spruce uses "
+        + ", ".join(
+            f"--{k.replace('schedule', 'aux-schedule')} {v}" for k, v in DEFAULT_WITH_AUX.items()
+        ),
+    )
+    group.add_argument(
+        "--aux",
+        action="append",
+        metavar="SPEC",
+        help="auxiliary task, repeatable: mlm (the unlabelled rest of --train), mlm:PATH "
+        "(.txt one document per line, or a data file), task:PATH (labelled data)",
+    )
+    group.add_argument(
+        "--aux-weight",
+        type=positive_float,
+        action="append",
+        metavar="W",
+        help="loss weight: one for every --aux, or one per --aux in order (default 1)",
+    )
+    group.add_argument("--aux-text-columns", type=name_list, help="text column(s) of aux files")
+    group.add_argument("--aux-label-column", help="label column of --aux task files")
+    group.add_argument("--coupling", choices=COUPLINGS, help="how tasks are coupled")
+    group.add_argument("--transfer", choices=TRANSFERS, help="what the tasks share or pass on")
+    group.add_argument(
+        "--aux-schedule",
+        metavar="WHEN",
+        help=f"when the auxiliary loss applies: {', '.join(SCHEDULES)}",
+    )
+    group.add_argument(
+        "--tie-strength",
+        type=float,
+        default=t.tie_strength,
+        help="tied: weight of the penalty pulling the gate sets' keep-probabilities together",
+    )
+    group.add_argument(
+        "--aux-ratio",
+        type=positive_float,
+        default=t.aux_ratio,
+        help="auxiliary batches per target batch, per auxiliary task",
+    )
+    group.add_argument(
+        "--aux-steps", type=positive_int, help="sequential: steps of the auxiliary stage"
+    )
+    group.add_argument("--aux-batch-size", type=positive_int)
+    group.add_argument("--mlm-probability", type=fraction, default=t.mlm_probability)
+
+
+def transfer_config(args: argparse.Namespace) -> TransferConfig:
+    """The --aux* options as a :class:`TransferConfig`; ``DEFAULT_WITH_AUX`` fills the
+    coupling settings left out when auxiliary data is given."""
+    specs = args.aux or []
+    weights = args.aux_weight or []
+    if weights and len(weights) not in (1, len(specs)):
+        raise SpruceError(
+            f"{len(weights)} --aux-weight values for {len(specs)} --aux tasks",
+            "give one weight for all, or one per --aux",
+        )
+    aux = []
+    for index, spec in enumerate(specs):
+        task = parse_aux(spec)
+        weight = weights[index if len(weights) > 1 else 0] if weights else 1.0
+        aux.append(
+            replace(
+                task,
+                weight=weight,
+                text_columns=tuple(args.aux_text_columns) if args.aux_text_columns else None,
+                label_column=args.aux_label_column,
+            )
+        )
+    defaults = DEFAULT_WITH_AUX if aux else {"coupling": "none"}
+    return TransferConfig(
+        aux=tuple(aux),
+        coupling=args.coupling or defaults["coupling"],
+        transfer=args.transfer or DEFAULT_WITH_AUX["transfer"],
+        schedule=args.aux_schedule or DEFAULT_WITH_AUX["schedule"],
+        tie_strength=args.tie_strength,
+        aux_ratio=args.aux_ratio,
+        aux_steps=args.aux_steps,
+        aux_batch_size=args.aux_batch_size,
+        mlm_probability=args.mlm_probability,
+    ).validate()
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -134,6 +232,7 @@ def handle(args: argparse.Namespace) -> int:
         PruneRun(
             data=options.data_config(args),
             prune=prune,
+            transfer=transfer_config(args),
             train=options.train_config(args),
             model=args.model,
             max_length=args.max_length,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +46,15 @@ from spruce.train.distillation import (
     distillation_loss_fn,
 )
 from spruce.train.loop import LossFn
+from spruce.transfer.config import TransferConfig
+from spruce.transfer.coupling import (
+    check_compatible,
+    final_phase_loss,
+    joint_loss,
+    phase_extras,
+    run_first_stage,
+)
+from spruce.transfer.objective import build_objective
 from spruce.utils.atomic import staged_output_dir
 
 LATENCY_SEQ_LEN = 128
@@ -55,11 +65,14 @@ class PruneRun(RunSettings):
     """One ``spruce prune``: the shared run settings plus what and how to prune."""
 
     prune: PruneConfig = field(default_factory=PruneConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
 def run_prune(run: PruneRun) -> dict[str, Any]:
     start = time.perf_counter()
     run.prune.validate()
+    run.transfer.validate()
+    check_compatible(run.transfer, run.prune)
     device, task = begin_run(run)
     student, tokenizer, source = _initial_model(run, task)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
@@ -105,6 +118,22 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         return loss_fn, [optimizer]
 
     base_loss, extra_optimizers = objective(student)
+    auxiliary = _auxiliary_objective(run, task, student, tokenizer, source, loaders, device)
+    aux_optimizers = [] if auxiliary is None else [auxiliary.optimizer(run.train.learning_rate)]
+    initial_gates = None
+    if run.transfer.coupling == "sequential":
+        first = run_first_stage(
+            student,
+            auxiliary,
+            run.train,
+            run.prune,
+            _steps(run.prune.prune_epochs, run.prune.prune_max_steps, loaders["train"]),
+            device,
+            run.progress,
+        )
+        phases["auxiliary_stage"] = [_phase_summary(r) for r in first.result.results]
+        initial_gates = first.initial_gates
+        aux_optimizers = []  # the target stages of sequential coupling see no auxiliary loss
     if run.prune.method == "l0":
         phase = learn_l0_masks(
             student,
@@ -117,7 +146,8 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             validate_on(student) if run.train.eval_steps else None,
             device,
             run.progress,
-            extra_optimizers,
+            [*extra_optimizers, *aux_optimizers],
+            extras=phase_extras(auxiliary, initial_gates),
         )
     else:
         phase = score_and_prune(
@@ -125,16 +155,20 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             loaders["train"],
             run.train,
             run.prune,
-            base_loss,
+            joint_loss(base_loss, auxiliary),
             device,
             run.progress,
-            extra_optimizers,
+            [*extra_optimizers, *aux_optimizers],
         )
     phases["prune"] = [_phase_summary(r) for r in phase.results]
     masks = phase.masks
     compact = compact_model(student, masks)
 
     final_loss, final_extra = objective(compact)
+    final_loss, aux_final = final_phase_loss(
+        final_loss, auxiliary, masks, dense_shape.hidden_size, run.train.learning_rate
+    )
+    final_extra = [*final_extra, *aux_final]
     final_config = phase_config(run.train, run.prune.final_epochs, run.prune.final_max_steps)
     final_config = replace(final_config, patience=run.train.patience)
     final = Trainer(
@@ -189,10 +223,15 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
                 dense_shape, encoder_shape(compact.config), seq_len, task.num_labels
             ),
             "dense_metrics": dense_metrics,
+            "transfer": {
+                **run.transfer.to_report(),
+                **({} if auxiliary is None else auxiliary.summary()),
+            },
             "vocab": vocab,
             "phases": phases,
             "config": {
                 "prune": run.prune.to_dict(),
+                "transfer": run.transfer.to_dict(),
                 "train": run.train.to_dict(),
                 "data": asdict(run.data),
                 "max_length": run.max_length,
@@ -212,6 +251,32 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         _write_outputs(run, task, report, compact, tokenizer, dense_reference, final, start)
     report["wall_time_s"] = round(time.perf_counter() - start, 2)
     return report
+
+
+def _steps(epochs: float, max_steps: int | None, loader) -> int:
+    """Trainer steps of a phase (as :class:`~spruce.train.Trainer` counts them)."""
+    return max_steps or max(1, math.ceil(epochs * len(loader)))
+
+
+def _auxiliary_objective(run, task, student, tokenizer, source, loaders, device):
+    """Heads and data of the auxiliary tasks, when the coupling uses them."""
+    if not run.transfer.active:
+        return None
+    auxiliary = build_objective(
+        run.transfer,
+        task,
+        student,
+        tokenizer,
+        source,
+        run.train.batch_size,
+        run.max_length,
+        run.train.seed,
+    ).to(device)
+    # linear-decay runs over both target phases; final early stopping may end it sooner.
+    auxiliary.total_steps = _steps(
+        run.prune.prune_epochs, run.prune.prune_max_steps, loaders["train"]
+    ) + _steps(run.prune.final_epochs, run.prune.final_max_steps, loaders["train"])
+    return auxiliary
 
 
 def _initial_model(run: PruneRun, task: TaskData):

@@ -10,8 +10,8 @@ fine-tune with the masks applied, and repeat for ``prune_rounds`` rounds.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import DataLoader
@@ -20,14 +20,17 @@ from transformers import PreTrainedModel
 from spruce.compact import apply_masks
 from spruce.criteria import CRITERIA, accumulate_gradients
 from spruce.masks import UnitMasks
+from spruce.masks.accounting import expected_sparsity
 from spruce.masks.gates import EncoderGates
 from spruce.masks.lagrangian import SparsityController, SparsityStep, make_optimizers
+from spruce.masks.switch import GateSwitch
 from spruce.models.structure import encoder_shape
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.selection import select_units
 from spruce.train import TrainConfig, Trainer, TrainResult
 from spruce.train.loop import LossFn
 
+TARGET = "target"  # name of the target task's gate set
 GRADIENT_BATCHES = 32  # enough batches for stable Taylor scores on a few thousand examples
 
 
@@ -36,6 +39,27 @@ class PhaseResult:
     masks: UnitMasks
     results: list[TrainResult]
     gates: EncoderGates | None = None
+    other_gates: dict[str, EncoderGates] = field(default_factory=dict)
+
+
+AuxLoss = Callable[[PreTrainedModel, GateSwitch], tuple[torch.Tensor | None, dict[str, float]]]
+CouplingPenalty = Callable[[EncoderGates, Mapping[str, EncoderGates]], torch.Tensor]
+
+
+@dataclass
+class PhaseExtras:
+    """What transfer learning adds to an l0 pruning phase (``spruce.transfer`` builds it).
+
+    ``other_gate_sets`` get gates of their own, each held on the same sparsity target by
+    its own multipliers; ``aux_loss`` runs the other tasks (switching gate sets through
+    the :class:`GateSwitch`); ``coupling_penalty`` ties the target's gates to the others;
+    ``initial_gates`` replace fresh target gates (masks transferred from an earlier stage).
+    """
+
+    aux_loss: AuxLoss | None = None
+    other_gate_sets: tuple[str, ...] = ()
+    coupling_penalty: CouplingPenalty | None = None
+    initial_gates: EncoderGates | None = None
 
 
 def phase_config(train: TrainConfig, epochs: float, max_steps: int | None) -> TrainConfig:
@@ -54,23 +78,51 @@ def learn_l0_masks(
     device: torch.device,
     progress: bool,
     extra_optimizers: Sequence[torch.optim.Optimizer] = (),
+    extras: PhaseExtras | None = None,
+    description: str = "prune (l0)",
 ) -> PhaseResult:
+    extras = extras or PhaseExtras()
     config = phase_config(train, prune.prune_epochs, prune.prune_max_steps)
-    gates = EncoderGates(
-        encoder_shape(model.config), prune.units, size_multiple=prune.size_multiple
-    ).to(device)
+    shape = encoder_shape(model.config)
+
+    def new_gates() -> EncoderGates:
+        return EncoderGates(shape, prune.units, size_multiple=prune.size_multiple).to(device)
+
+    gates = extras.initial_gates.to(device) if extras.initial_gates is not None else new_gates()
+    gate_sets = {TARGET: gates, **{name: new_gates() for name in extras.other_gate_sets}}
     trainer_steps = config.max_steps or max(1, round(config.epochs * len(loader)))
-    controller = SparsityController(
-        prune.target_sparsity, warmup_steps=int(prune.sparsity_warmup * trainer_steps)
-    ).to(device)
-    gate_optimizer, lambda_optimizer = make_optimizers(
-        gates, controller, prune.lr_gates, prune.lr_lambda
-    )
+    # Transferred gates are already sparse: ramp from where they stand, not from 0, so the
+    # multipliers do not first push them back towards dense.
+    with torch.no_grad():
+        start = min(float(expected_sparsity(gates)), prune.target_sparsity)
+    start = start if extras.initial_gates is not None else 0.0
+    controllers, callbacks = {}, []
+    for name, gate_set in gate_sets.items():
+        controller = SparsityController(
+            prune.target_sparsity,
+            warmup_steps=int(prune.sparsity_warmup * trainer_steps),
+            start_sparsity=start if name == TARGET else 0.0,
+        ).to(device)
+        gate_optimizer, lambda_optimizer = make_optimizers(
+            gate_set, controller, prune.lr_gates, prune.lr_lambda
+        )
+        controllers[name] = controller
+        callbacks.append(SparsityStep(controller, gate_optimizer, lambda_optimizer))
+    switch = GateSwitch(gate_sets, TARGET)
+    others = {name: g for name, g in gate_sets.items() if name != TARGET}
 
     def loss_fn(model: PreTrainedModel, batch: dict[str, torch.Tensor]):
         loss, stats = base_loss(model, batch)
-        penalty = controller.gate_penalty(gates)
-        c = controller.stats()
+        for name, gate_set in gate_sets.items():
+            loss = loss + controllers[name].gate_penalty(gate_set)
+        if extras.coupling_penalty is not None:
+            tie = extras.coupling_penalty(gates, others)
+            loss, stats = loss + tie, {**stats, "tie": float(tie.detach())}
+        if extras.aux_loss is not None:
+            aux, aux_stats = extras.aux_loss(model, switch)
+            loss = loss if aux is None else loss + aux
+            stats = {**stats, **aux_stats}
+        c = controllers[TARGET].stats()
         stats = {
             **stats,
             "sparsity": c["expected_sparsity"],
@@ -78,37 +130,41 @@ def learn_l0_masks(
             "lambda1": c["lambda1"],
             "lambda2": c["lambda2"],
         }
-        return loss + penalty, stats
+        return loss, stats
+
+    def set_mode(training: bool) -> None:
+        for gate_set in gate_sets.values():
+            gate_set.train(training)
 
     def evaluate_with_structure() -> dict[str, float]:
-        gates.eval()
+        set_mode(False)
         try:
             return evaluate() if evaluate else {}
         finally:
-            gates.train()
+            set_mode(True)
 
-    handle = apply_masks(model, gates)
+    handle = apply_masks(model, switch)
     try:
-        gates.train()
+        set_mode(True)
         trainer = Trainer(
             model,
             loader,
             config,
             loss_fn=loss_fn,
-            callbacks=[SparsityStep(controller, gate_optimizer, lambda_optimizer)],
+            callbacks=callbacks,
             extra_optimizers=extra_optimizers,
             evaluate=evaluate_with_structure if evaluate else None,
             keep_best=False,
             device=device,
             progress=progress,
-            description="prune (l0)",
+            description=description,
         )
         result = trainer.fit()
     finally:
         handle.remove()
-    gates.eval()
+    set_mode(False)
     masks = gates.deterministic_masks(target_sparsity=prune.target_sparsity)
-    return PhaseResult(masks=masks.detach(), results=[result], gates=gates)
+    return PhaseResult(masks=masks.detach(), results=[result], gates=gates, other_gates=others)
 
 
 def score_and_prune(

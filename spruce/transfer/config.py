@@ -1,0 +1,258 @@
+"""Settings of transfer from auxiliary tasks during pruning: which tasks, how, what, when.
+
+* **Auxiliary tasks** (:class:`AuxTask`): ``mlm`` on unlabelled text (a file, or by
+  default the unlabelled remainder of the target's training file) and ``task``, a
+  labelled classification file. Each has a loss weight; all share the encoder.
+* **How** (``coupling``): ``none`` (target only, the baseline), ``sequential`` (a pruning
+  stage on the auxiliary tasks, then the target's), ``joint`` (one multitask objective
+  while pruning), ``tied`` (joint, with separate gates per task pulled together by
+  ``tie_strength * mean((P_target - P_aux)^2)`` per unit type).
+* **What** (``transfer``): for ``sequential``, which of the auxiliary stage's encoder
+  weights and gates start the target stage (``weights``, ``masks``, ``both``); for
+  ``joint``, whether the tasks share gates (``masks``/``both``) or each has its own
+  (``weights``: only the encoder is shared). ``tied`` always has separate gates.
+* **When** (``schedule``): the auxiliary loss weight over the target's steps:
+  ``constant``, ``prune-only`` (none in the final fine-tune), ``linear-decay`` (1 -> 0
+  over pruning and final fine-tune), ``warmup:K`` (only the first K steps),
+  ``delayed:K`` (from step K on). ``sequential`` uses the auxiliary tasks in its first
+  stage only, so it has no schedule.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from spruce.errors import SpruceError
+
+COUPLINGS = ("none", "sequential", "joint", "tied")
+TRANSFERS = ("weights", "masks", "both")
+SCHEDULES = ("constant", "prune-only", "linear-decay", "warmup:K", "delayed:K")
+AUX_KINDS = ("mlm", "task")
+
+
+@dataclass(frozen=True)
+class AuxTask:
+    """One auxiliary task. ``path`` None for ``mlm`` means the target's unlabelled rest."""
+
+    kind: str
+    path: str | None = None
+    weight: float = 1.0
+    text_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+
+    def validate(self) -> AuxTask:
+        if self.kind not in AUX_KINDS:
+            raise SpruceError(
+                f"auxiliary task kind '{self.kind}' is not known",
+                f"use {', '.join(AUX_KINDS)} (e.g. --aux mlm or --aux task:PATH)",
+            )
+        if self.kind == "task" and not self.path:
+            raise SpruceError("--aux task needs a data file", "write --aux task:PATH")
+        if not self.weight > 0:
+            raise SpruceError(f"--aux-weight must be positive, got {self.weight}")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["text_columns"] = list(self.text_columns) if self.text_columns else None
+        return values
+
+
+def parse_aux(spec: str) -> AuxTask:
+    """``mlm``, ``mlm:PATH`` or ``task:PATH`` -> :class:`AuxTask` (weight 1)."""
+    kind, _, path = spec.partition(":")
+    return AuxTask(kind=kind.strip(), path=path.strip() or None).validate()
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Auxiliary loss weight factor per target step; see the module docstring."""
+
+    kind: str = "constant"
+    steps: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Schedule:
+        kind, _, count = text.partition(":")
+        if kind in ("warmup", "delayed"):
+            if not count.isdigit() or int(count) <= 0:
+                raise SpruceError(
+                    f"--aux-schedule {text} needs a positive step count",
+                    f"write e.g. {kind}:100",
+                )
+            return cls(kind, int(count))
+        if kind in ("constant", "prune-only", "linear-decay") and not count:
+            return cls(kind)
+        raise SpruceError(
+            f"--aux-schedule {text} is not known",
+            f"use one of {', '.join(SCHEDULES)}",
+        )
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.steps}" if self.kind in ("warmup", "delayed") else self.kind
+
+    def factor(self, phase: str, step: int, total_steps: int) -> float:
+        """Weight factor at target ``step`` (counted over pruning and final fine-tune;
+        ``total_steps`` is their sum) of ``phase`` ("prune" or "final")."""
+        if self.kind == "prune-only":
+            return 1.0 if phase == "prune" else 0.0
+        if self.kind == "linear-decay":
+            return max(0.0, 1.0 - step / max(1, total_steps))
+        if self.kind == "warmup":
+            return 1.0 if step < self.steps else 0.0
+        if self.kind == "delayed":
+            return 1.0 if step >= self.steps else 0.0
+        return 1.0
+
+
+# What ``spruce prune`` does when auxiliary data is given without --coupling/--transfer/
+# --aux-schedule: the best configuration of the transfer grid (docs/results.md).
+DEFAULT_WITH_AUX = {"coupling": "joint", "transfer": "both", "schedule": "prune-only"}
+
+
+@dataclass
+class TransferConfig:
+    """Auxiliary tasks and the how/what/when of using them while pruning."""
+
+    aux: tuple[AuxTask, ...] = ()
+    coupling: str = "none"
+    transfer: str = "both"
+    schedule: str = "constant"
+    tie_strength: float = 1.0
+    aux_ratio: float = 1.0  # auxiliary batches per target batch (each auxiliary task)
+    aux_steps: int | None = None  # sequential: first-stage steps (None: the pruning phase's)
+    aux_batch_size: int | None = None  # None: the target's batch size
+    mlm_probability: float = 0.15
+
+    def validate(self) -> TransferConfig:
+        self.aux = tuple(task.validate() for task in self.aux)
+        _choose("--coupling", self.coupling, COUPLINGS)
+        _choose("--transfer", self.transfer, TRANSFERS)
+        Schedule.parse(self.schedule)
+        if self.coupling != "none" and not self.aux:
+            raise SpruceError(
+                f"--coupling {self.coupling} needs at least one auxiliary task",
+                "add --aux mlm (the unlabelled rest of --train) or --aux task:PATH",
+            )
+        if self.tie_strength < 0 or not 0 < self.aux_ratio <= 16:
+            raise SpruceError(
+                "--tie-strength must be >= 0 and --aux-ratio in (0, 16]",
+                "e.g. --tie-strength 1 --aux-ratio 1",
+            )
+        if self.aux_steps is not None and self.aux_steps < 1:
+            raise SpruceError("--aux-steps must be at least 1")
+        if not 0 < self.mlm_probability < 1:
+            raise SpruceError("--mlm-probability must be in (0, 1)")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.coupling != "none"
+
+    @property
+    def shared_gates(self) -> bool:
+        """Joint coupling with one set of gates for every task."""
+        return self.coupling == "joint" and self.transfer in ("masks", "both")
+
+    @property
+    def parsed_schedule(self) -> Schedule:
+        return Schedule.parse(self.schedule)
+
+    def canonical(self) -> TransferConfig:
+        """The same behaviour with the settings that do not apply reset to defaults, so two
+        configurations that run identically compare (and hash) equal: ``none`` ignores
+        everything, ``sequential`` has no schedule, ``tied`` no transfer choice, and only
+        ``tied`` uses ``tie_strength``."""
+        defaults = TransferConfig()
+        if self.coupling == "none":
+            return replace(defaults, aux=())
+        canonical = replace(self)
+        if self.coupling == "sequential":
+            canonical = replace(canonical, schedule=defaults.schedule)
+        else:
+            canonical = replace(canonical, aux_steps=None)
+        if self.coupling == "tied":
+            canonical = replace(canonical, transfer="weights")
+        else:
+            canonical = replace(canonical, tie_strength=defaults.tie_strength)
+        return canonical
+
+    def to_report(self) -> dict[str, Any]:
+        """The ``transfer`` section of report.json: the settings, with None for those the
+        coupling does not use (see :meth:`canonical`)."""
+        values = self.to_dict()
+        canonical = self.canonical().to_dict()
+        defaults = TransferConfig().to_dict()
+        for key in ("transfer", "schedule", "tie_strength", "aux_steps"):
+            used = {
+                "transfer": self.coupling in ("sequential", "joint"),
+                "schedule": self.coupling in ("joint", "tied"),
+                "tie_strength": self.coupling == "tied",
+                "aux_steps": self.coupling == "sequential",
+            }[key]
+            values[key] = canonical[key] if used else None
+        if self.coupling == "tied":
+            values["transfer"] = None  # separate gates by definition
+        if self.coupling == "none":
+            values = {**defaults, **{k: None for k in defaults if k != "coupling"}, "aux": []}
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings (the ``config.transfer`` section of report.json)."""
+        values = asdict(self)
+        values["aux"] = [task.to_dict() for task in self.aux]
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TransferConfig:
+        values = dict(values)
+        check_keys(values, [f.name for f in fields(cls)], "transfer setting")
+        aux = []
+        for task in values.pop("aux", ()) or ():
+            task = dict(task)
+            check_keys(task, [f.name for f in fields(AuxTask)], "auxiliary task setting")
+            if task.get("text_columns"):
+                task["text_columns"] = tuple(task["text_columns"])
+            aux.append(AuxTask(**task))
+        return cls(aux=tuple(aux), **values).validate()
+
+
+def _choose(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpruceError(f"{option} {value} is not known", f"use one of {', '.join(choices)}")
+
+
+def check_keys(values: Mapping[str, Any], known: list[str], what: str) -> None:
+    """Reject unknown keys, naming the nearest valid one."""
+    for key in values:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(known)}"
+            raise SpruceError(f"unknown {what} '{key}'", hint)
+
+
+# The ``spruce prune`` options each coupling ignores (see TransferConfig.canonical).
+_IGNORED_OPTIONS = {
+    "none": ("aux", "aux-weight", "aux-ratio", "aux-steps", "aux-schedule", "transfer",
+             "tie-strength", "aux-text-columns", "aux-label-column", "aux-batch-size",
+             "mlm-probability"),
+    "sequential": ("aux-schedule", "tie-strength"),
+    "joint": ("aux-steps", "tie-strength"),
+    "tied": ("aux-steps", "transfer"),
+}  # fmt: skip
+
+
+def canonical_prune_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``spruce prune`` options (names without ``--``) minus those the run's coupling
+    ignores: a grid over couplings x transfers x schedules then runs each distinct
+    behaviour once (``none`` once per seed, not once per transfer and schedule)."""
+    coupling = str(options.get("coupling", TransferConfig.coupling))
+    ignored = _IGNORED_OPTIONS.get(coupling, ())
+    return {key: value for key, value in options.items() if key not in ignored}

@@ -1,0 +1,140 @@
+"""Data streams of the auxiliary tasks: tokenized with the target model's tokenizer and
+cycled without end, since an auxiliary task rarely has the target's number of batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+
+from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, read_table, tokenize_split
+from spruce.data.columns import resolve_columns
+from spruce.errors import SpruceError
+from spruce.transfer.config import AuxTask
+
+TEXT_SUFFIXES = (".txt", ".text")
+
+
+class Stream:
+    """Endless batches from ``loader``: a new (seeded) epoch starts when one runs out."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        if len(loader) == 0:
+            raise SpruceError("an auxiliary task has no data", "check its file")
+        self.loader = loader
+        self._iterator: Iterator | None = None
+        self.epochs = 0
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self.epochs += 1
+            self._iterator = iter(self.loader)
+            return next(self._iterator)
+
+    def __iter__(self) -> Stream:
+        return self
+
+
+def mlm_texts(task: AuxTask, target: TaskData) -> datasets.Dataset:
+    """Canonical ``text_a`` (and ``text_b``) rows for MLM: the file of ``task``, or the
+    target's unlabelled rest (its labelled sample when every training row is labelled)."""
+    if task.path is None:
+        texts = target.unlabelled if target.unlabelled is not None else target.train
+        return texts.select_columns([c for c in ("text_a", "text_b") if c in texts.column_names])
+    path = Path(task.path)
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return _read_lines(path)
+    table = read_table(task.path, split="train")
+    columns = list(task.text_columns) if task.text_columns else _text_columns(table, task.path)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing or len(columns) > 2:
+        raise SpruceError(
+            f"{task.path}: cannot use text columns {', '.join(columns)} "
+            f"(columns are {', '.join(table.column_names)})",
+            "pass --aux-text-columns with one or two of its columns",
+        )
+    renamed = {old: new for old, new in zip(columns, ("text_a", "text_b"), strict=False)}
+    table = table.select_columns(columns).rename_columns(renamed)
+    return table.map(lambda row: {k: "" if v is None else str(v) for k, v in row.items()})
+
+
+def _text_columns(table: datasets.Dataset, where: str) -> list[str]:
+    """The text columns of a labelled file as for a task, else the one string column."""
+    try:
+        return list(resolve_columns(table, None, None, where).text_columns)
+    except SpruceError:
+        strings = [
+            name
+            for name, feature in table.features.items()
+            if getattr(feature, "dtype", None) in ("string", "large_string")
+        ]
+        if len(strings) == 1:
+            return strings
+        raise SpruceError(
+            f"cannot tell which column of {where} holds the text "
+            f"(columns: {', '.join(table.column_names)})",
+            "pass --aux-text-columns NAME",
+        ) from None
+
+
+def _read_lines(path: Path) -> datasets.Dataset:
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise SpruceError(
+            f"{path} is not UTF-8 text (byte {error.start})", "convert it to UTF-8"
+        ) from None
+    except OSError as error:
+        raise SpruceError(f"cannot read {path}: {error.strerror}", "check the path") from None
+    documents = [line.strip() for line in lines if line.strip()]
+    if not documents:
+        raise SpruceError(f"{path} holds no text", "write one document per line")
+    return datasets.Dataset.from_dict({"text_a": documents})
+
+
+def mlm_stream(
+    texts: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    max_length: int,
+    probability: float,
+    seed: int,
+) -> Stream:
+    if tokenizer.mask_token is None:
+        raise SpruceError(
+            "the model's tokenizer has no mask token, so MLM cannot run",
+            "use --aux task:PATH, or a model trained with MLM",
+        )
+    encoded = tokenize_split(texts, tokenizer, max_length)
+    generator = torch.Generator().manual_seed(seed)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability, seed=seed)
+    loader = DataLoader(
+        encoded, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collator
+    )
+    return Stream(loader)
+
+
+def labelled_task(task: AuxTask, seed: int) -> TaskData:
+    return load_task(
+        TaskDataConfig(
+            train=str(task.path),
+            text_columns=task.text_columns,
+            label_column=task.label_column,
+            seed=seed,
+        )
+    )
+
+
+def task_stream(
+    data: TaskData, tokenizer: PreTrainedTokenizerBase, batch_size: int, max_length: int, seed: int
+) -> Stream:
+    encoded = tokenize_split(data.train, tokenizer, max_length)
+    return Stream(make_loader(encoded, tokenizer, batch_size, shuffle=True, seed=seed))

@@ -1,0 +1,166 @@
+"""Task heads of the auxiliary tasks; they sit on the shared encoder's last hidden states.
+
+Both read the full hidden width while pruning (the masked encoder zeroes removed hidden
+dimensions) and are sliced to the kept dimensions by :meth:`AuxHead.compact` once the
+encoder is compacted, so the auxiliary loss can continue in the final fine-tune.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForMaskedLM, PretrainedConfig
+from transformers.activations import ACT2FN
+
+# Where each family keeps its pre-trained MLM head: (transform dense, LayerNorm, decoder).
+_MLM_HEAD_MODULES = {
+    "bert": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"),
+    "roberta": ("lm_head.dense", "lm_head.layer_norm"),
+    "xlm-roberta": ("lm_head.dense", "lm_head.layer_norm"),
+    "camembert": ("lm_head.dense", "lm_head.layer_norm"),
+    "electra": ("generator_predictions.dense", "generator_predictions.LayerNorm"),
+    "distilbert": ("vocab_transform", "vocab_layer_norm"),
+}
+_HEAD_KEY_PREFIXES = ("cls.predictions.", "lm_head.", "vocab_transform.", "generator_predictions.")
+
+
+class AuxHead(nn.Module):
+    """Common interface: ``loss(hidden_states, batch)`` and ``compact(kept)``."""
+
+    def loss(self, hidden_states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compact(self, kept: torch.Tensor) -> AuxHead:
+        """A copy reading only the hidden dimensions ``kept`` (indices into the full width)."""
+        head = copy.deepcopy(self)
+        first = head.input_layer()
+        with torch.no_grad():
+            first.weight = nn.Parameter(first.weight[:, kept.to(first.weight.device)].clone())
+        first.in_features = int(kept.numel())
+        return head
+
+    def input_layer(self) -> nn.Linear:
+        raise NotImplementedError
+
+
+class MaskedLMHead(AuxHead):
+    """transform (dense, activation, LayerNorm) then a decoder over the vocabulary, as in
+    BERT; the decoder is a copy of the word embeddings, not tied to them: the encoder's
+    embedding table shrinks with hidden pruning, the decoder's output side must not."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, activation: str, eps: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = ACT2FN[activation]
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def input_layer(self) -> nn.Linear:
+        return self.dense
+
+    def loss(self, hidden_states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch["labels"]
+        chosen = labels != -100
+        if not bool(chosen.any()):
+            # A batch without masked tokens (very short texts) teaches nothing.
+            return hidden_states.sum() * 0.0
+        # Only masked positions reach the vocabulary projection: 15% of the tokens, so the
+        # largest matrix product of the head costs 15% of what a full projection would.
+        logits = self.decoder(self.norm(self.activation(self.dense(hidden_states[chosen]))))
+        return nn.functional.cross_entropy(logits, labels[chosen])
+
+
+class ClassifierHead(AuxHead):
+    """dense + tanh on the first token, dropout, then the label layer (BERT's pooler and
+    classifier), fresh for an auxiliary labelled task."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, init_std: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_labels)
+        for layer in (self.dense, self.out):
+            nn.init.normal_(layer.weight, std=init_std)
+            nn.init.zeros_(layer.bias)
+
+    def input_layer(self) -> nn.Linear:
+        return self.dense
+
+    def loss(self, hidden_states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = torch.tanh(self.dense(hidden_states[:, 0]))
+        return nn.functional.cross_entropy(self.out(self.dropout(pooled)), batch["labels"])
+
+
+def classifier_head(config: PretrainedConfig, num_labels: int) -> ClassifierHead:
+    dropout = getattr(config, "hidden_dropout_prob", getattr(config, "dropout", 0.1))
+    return ClassifierHead(
+        config.hidden_size, num_labels, float(dropout), getattr(config, "initializer_range", 0.02)
+    )
+
+
+def mlm_head(
+    config: PretrainedConfig, word_embeddings: nn.Embedding, source: str | None
+) -> tuple[MaskedLMHead, bool]:
+    """The checkpoint's pre-trained MLM head when ``source`` has one, else a fresh head
+    whose decoder starts from the word embeddings (the usual weight tying, as a copy).
+    Returns the head and whether it was pre-trained."""
+    activation = getattr(config, "hidden_act", getattr(config, "activation", "gelu"))
+    eps = float(getattr(config, "layer_norm_eps", 1e-12))
+    head = MaskedLMHead(config.hidden_size, word_embeddings.num_embeddings, activation, eps)
+    pretrained = _pretrained_mlm_modules(config, source)
+    with torch.no_grad():
+        if pretrained is not None:
+            dense, norm, decoder = pretrained
+            head.dense.load_state_dict(dense.state_dict())
+            head.norm.load_state_dict(norm.state_dict())
+            head.decoder.weight.copy_(decoder.weight)
+            if decoder.bias is not None:
+                head.decoder.bias.copy_(decoder.bias)
+            else:
+                head.decoder.bias.zero_()
+        else:
+            nn.init.normal_(head.dense.weight, std=getattr(config, "initializer_range", 0.02))
+            nn.init.zeros_(head.dense.bias)
+            head.decoder.weight.copy_(word_embeddings.weight)
+            head.decoder.bias.zero_()
+    return head, pretrained is not None
+
+
+def _pretrained_mlm_modules(config: PretrainedConfig, source: str | None):
+    names = _MLM_HEAD_MODULES.get(config.model_type)
+    if source is None or names is None or not _has_head_weights(Path(source)):
+        return None
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+    return (
+        model.get_submodule(names[0]),
+        model.get_submodule(names[1]),
+        model.get_output_embeddings(),
+    )
+
+
+def _has_head_weights(path: Path) -> bool:
+    """Whether the checkpoint folder stores MLM head tensors (reads key names only)."""
+    if not path.is_dir():
+        return False
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        keys = json.loads(index.read_text())["weight_map"]
+    elif (path / "model.safetensors").exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path / "model.safetensors"), "pt") as handle:
+            keys = list(handle.keys())
+    else:
+        return False
+    # Some checkpoints prefix keys with the architecture name ("bert.", "roberta.").
+    return any(
+        key.split(".", 1)[-1].startswith(_HEAD_KEY_PREFIXES) or key.startswith(_HEAD_KEY_PREFIXES)
+        for key in keys
+    )
