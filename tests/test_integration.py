@@ -76,6 +76,10 @@ def test_demo_runs_end_to_end_on_the_spam_assassin_corpus(tmp_path, capsys):
     assert "hard-ham acc" in printed and "dense MiniLM-L6" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["labelled"] == 64
+    assert len(summary["rows"]) == 3  # dense, pruned on task data, pruned with MLM
+    transfer = json.loads((out / "transfer" / "report.json").read_text())["transfer"]
+    assert transfer["coupling"] != "none" and transfer["aux"][0]["kind"] == "mlm"
+    assert transfer["tasks"][0]["examples"] > 3000  # the unlabelled rest of the pool
     assert summary["splits"]["test_hard_ham"] > 100
     train_texts = {json.loads(x)["text"] for x in (out / "data" / "train.jsonl").open()}
     test_texts = {json.loads(x)["text"] for x in (out / "data" / "test.jsonl").open()}

@@ -75,3 +75,13 @@ def test_export_replaces_an_existing_file(tiny_models: dict, tmp_path: Path) -> 
     assert model.training, "export restores the training flag"
     assert check_onnx(target, model, tokenizer, TEXTS) <= 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_check_truncates_texts_longer_than_the_position_table(tiny_models, family, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[family])
+    model = pruned_model(tiny_models[family])
+    path = export_onnx(model, tokenizer, tmp_path / "model.onnx")
+    long_text = " ".join(["good movie"] * 200)  # far past the tiny models' 64 positions
+    assert check_onnx(path, model, tokenizer, [long_text, "bad"]) <= 1e-4
+    assert check_onnx(path, model, tokenizer, [long_text], max_length=16) <= 1e-4

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spruce.cli.parsing import positive_float, positive_int
+from spruce.cli.parsing import fraction, positive_float, positive_int
 from spruce.pipelines.demo import DemoSettings, format_table, run_demo
 
-HELP = "fine-tune MiniLM on 500 labelled SpamAssassin e-mails and print the results"
+HELP = (
+    "fine-tune MiniLM on 500 labelled SpamAssassin e-mails, prune it with and without MLM "
+    "on the unlabelled rest, and print the results"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="pre-trained encoder (default: embedded MiniLM-L6)")
     parser.add_argument("--cache-dir", type=Path, help="where the converted corpus is kept")
     parser.add_argument("--tarball", type=Path, help="a local npm tarball of the corpus")
+    parser.add_argument(
+        "--prune-sparsity",
+        type=fraction,
+        default=defaults.prune_sparsity,
+        help="encoder sparsity of the pruned rows",
+    )
+    parser.add_argument("--no-prune", action="store_true", help="the dense row only")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=handle)
@@ -49,8 +59,15 @@ def handle(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.quiet,
             model=args.model,
+            prune=not args.no_prune,
+            prune_sparsity=args.prune_sparsity,
         )
     )
     print(format_table(summary))
-    print(f"details: {args.out}/summary.json, {args.out}/dense/report.json")
+    reports = ", ".join(
+        f"{args.out}/{name}/report.json"
+        for name in ("dense", "baseline", "transfer")
+        if (args.out / name / "report.json").exists()
+    )
+    print(f"details: {args.out}/summary.json, {reports}")
     return 0

@@ -95,15 +95,25 @@ def check_onnx(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
+    max_length: int | None = None,
 ) -> float:
-    """Largest absolute difference between onnxruntime's and PyTorch's logits on ``texts``."""
+    """Largest absolute difference between onnxruntime's and PyTorch's logits on ``texts``,
+    truncated to ``max_length`` tokens (default: the model's position limit)."""
     try:
         import onnxruntime
     except ImportError:
         raise SpruceError("onnxruntime is not installed", "pip install onnxruntime") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     wanted = [item.name for item in session.get_inputs()]
-    batch = tokenizer(list(texts), padding=True, return_tensors="np")
+    if max_length is None:
+        # RoBERTa-style models number positions after the padding id: two fewer usable.
+        offset = (
+            2 if getattr(model.config, "position_embedding_type", "") == "padding_offset" else 0
+        )
+        max_length = model.config.max_position_embeddings - offset
+    batch = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np"
+    )
     missing = [name for name in wanted if name not in batch]
     if missing:
         raise SpruceError(

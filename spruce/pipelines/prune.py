@@ -329,7 +329,9 @@ def _write_outputs(run, task, report, compact, tokenizer, dense_reference, final
             texts = [
                 t if isinstance(t, str) else t[0] for t in itertools.islice(_task_texts(task), 16)
             ]
-            report["onnx"] = {"max_abs_diff": check_onnx(onnx_path, compact, tokenizer, texts)}
+            report["onnx"] = {
+                "max_abs_diff": check_onnx(onnx_path, compact, tokenizer, texts, run.max_length)
+            }
         dense = encoder_shape(dense_reference.config)
         dense_structure = {"hidden": dense.hidden_size, "layers": dense.to_dict()["layers"]}
         plot_structure_heatmap(

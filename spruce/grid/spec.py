@@ -1,0 +1,322 @@
+"""GRID.yaml: parsing, strict validation, and expansion into distinct ``spruce prune`` runs.
+
+Validation is strict because a grid runs for hours: an unknown key, an unknown option
+name (with the nearest valid one suggested) or a bad value fails before the first run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spruce.errors import SpruceError
+from spruce.grid import prune_cli
+from spruce.grid.prune_cli import FLAG, VALUE, PruneOption, Scalar
+from spruce.report.metrics import METRICS
+from spruce.transfer.config import canonical_prune_options, check_keys
+
+TOP_KEYS = ["name", "out", "seeds", "jobs", "threads", "metric", "base", "grid"]
+# Set per run by the runner; in a grid file they would silently fight with it.
+RESERVED = {
+    "seed": "list the seeds under 'seeds:'",
+    "out": "set the grid's folder with the top-level 'out:' (or --out)",
+    "overwrite": "finished runs are kept and skipped; delete a run's folder to redo it",
+    "threads": "set the top-level 'threads:'",
+}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One grid axis; every value is normalised to a mapping of prune options."""
+
+    name: str
+    values: list[dict[str, Any]]
+
+    @property
+    def options(self) -> list[str]:
+        return list(dict.fromkeys(key for value in self.values for key in value))
+
+
+@dataclass
+class GridSpec:
+    """A parsed, validated grid file."""
+
+    path: Path
+    text: str
+    name: str
+    out: Path | None
+    seeds: list[int]
+    jobs: int | str
+    threads: int
+    metric: str
+    base: dict[str, Any]
+    axes: list[Axis]
+    options: Mapping[str, PruneOption] = field(repr=False)
+
+    @property
+    def root(self) -> Path:
+        """The YAML's folder: relative data paths are looked up here first
+        (:func:`spruce.grid.prune_cli.resolve_path`)."""
+        return self.path.resolve().parent
+
+    @property
+    def axis_options(self) -> list[str]:
+        return list(dict.fromkeys(name for axis in self.axes for name in axis.options))
+
+    def job_count(self, override: int | None = None) -> int:
+        if override is not None:
+            return override
+        if self.jobs == "auto":
+            return max(1, (os.cpu_count() or 1) // self.threads)
+        return int(self.jobs)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``spruce prune`` run: canonical options (as written in the YAML, without the
+    seed) and the grid-axis options that remain after canonicalisation."""
+
+    id: str
+    seed: int
+    options: dict[str, Any]
+    axes: dict[str, Any]
+
+    @property
+    def config(self) -> str:
+        """Identity of the configuration across seeds."""
+        return json.dumps(self.options, sort_keys=True, default=str)
+
+    def directory(self, out: Path) -> Path:
+        return Path(out) / "runs" / self.id
+
+    def log(self, out: Path) -> Path:
+        return Path(out) / "runs" / f"{self.id}.log"
+
+    def failure(self, out: Path) -> Path:
+        return Path(out) / "runs" / f"{self.id}.failed.json"
+
+
+@contextlib.contextmanager
+def _in_file(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except SpruceError as error:
+        raise SpruceError(f"{path}: {error.problem}", error.fix) from None
+
+
+def load_grid(path: Path, options: Mapping[str, PruneOption] | None = None) -> GridSpec:
+    """Read and validate a grid file; ``options`` defaults to :func:`prune_options`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpruceError(f"grid file {path} does not exist", "check the path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SpruceError(f"{path}{where}: {problem}", "fix the YAML syntax") from None
+    known = dict(options if options is not None else prune_cli.prune_options())
+    with _in_file(path):
+        return _parse(path, text, data, known)
+
+
+def _parse(path: Path, text: str, data: Any, known: dict[str, PruneOption]) -> GridSpec:
+    if not isinstance(data, dict):
+        raise SpruceError("a grid file must be a mapping of keys (name, seeds, base, grid, ...)")
+    check_keys(data, TOP_KEYS, "grid file key")
+    base = _options(data.get("base") or {}, known, "base")
+    axes = _axes(data.get("grid") or {}, known)
+    sources = {name: "base" for name in base}
+    for axis in axes:
+        for name in axis.options:
+            if name in sources:
+                raise SpruceError(
+                    f"option '{name}' is set both in {sources[name]} and by grid axis "
+                    f"'{axis.name}'",
+                    "set each option in one place only",
+                )
+            sources[name] = f"grid axis '{axis.name}'"
+    seeds = data.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise SpruceError(f"seeds must be a list of distinct whole numbers, got {seeds!r}")
+    threads = data.get("threads", 1)
+    if not _positive_int(threads):
+        raise SpruceError(f"threads must be a positive whole number, got {threads!r}")
+    jobs = data.get("jobs", "auto")
+    if jobs != "auto" and not _positive_int(jobs):
+        raise SpruceError(f"jobs must be 'auto' or a positive whole number, got {jobs!r}")
+    metric = data.get("metric", "accuracy")
+    if not isinstance(metric, str):
+        raise SpruceError(f"metric must be a name, got {metric!r}")
+    check_keys({metric: None}, sorted(METRICS), "metric")
+    out = data.get("out")
+    if out is not None and (not isinstance(out, str) or not out.strip()):
+        raise SpruceError(f"out must be a folder path, got {out!r}")
+    name = data.get("name", path.stem)
+    return GridSpec(
+        path=path,
+        text=text,
+        name=str(name),
+        out=Path(out) if out is not None else None,
+        seeds=list(seeds),
+        jobs=jobs,
+        threads=threads,
+        metric=metric,
+        base=base,
+        axes=axes,
+        options=known,
+    )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _axes(grid: Any, known: dict[str, PruneOption]) -> list[Axis]:
+    if not isinstance(grid, dict):
+        raise SpruceError("grid must map axis names to lists of values")
+    axes = []
+    for name, values in grid.items():
+        if not isinstance(values, list):
+            raise SpruceError(
+                f"grid axis '{name}' must be a list of values, got {values!r}",
+                f"write e.g. {name}: [{values!r}]",
+            )
+        if not values:
+            raise SpruceError(f"grid axis '{name}' is empty", "give it at least one value")
+        mappings = [isinstance(v, dict) for v in values]
+        if all(mappings):
+            # A named axis whose values each set several options together.
+            axes.append(
+                Axis(str(name), [_options(v, known, f"grid axis '{name}'") for v in values])
+            )
+        elif any(mappings):
+            raise SpruceError(
+                f"grid axis '{name}' mixes option mappings and plain values",
+                "use only mappings (a named axis) or only values of one option",
+            )
+        else:
+            option = _option_name(name, known, "grid")
+            axes.append(Axis(option, [_options({name: v}, known, "grid") for v in values]))
+    return axes
+
+
+def _option_name(name: Any, known: dict[str, PruneOption], where: str) -> str:
+    if name in RESERVED:
+        raise SpruceError(f"'{name}' in {where} is set by spruce grid", RESERVED[name])
+    check_keys({name: None}, sorted(known), f"spruce prune option (in {where})")
+    return known[name].name
+
+
+def _options(values: Any, known: dict[str, PruneOption], where: str) -> dict[str, Any]:
+    """Validated ``name -> value`` with names normalised to the primary option name."""
+    if not isinstance(values, dict):
+        raise SpruceError(f"{where} must map spruce prune option names to values")
+    options: dict[str, Any] = {}
+    for key, value in values.items():
+        name = _option_name(key, known, where)
+        if name in options:
+            raise SpruceError(f"option '{name}' is given twice in {where} (once as an alias)")
+        options[name] = _value(name, known[name].kind, value, where)
+    return options
+
+
+def _value(name: str, kind: str, value: Any, where: str) -> Any:
+    def scalar(item: Any) -> bool:
+        return isinstance(item, Scalar) and not isinstance(item, bool)
+
+    if value is None:
+        return None  # the option is left out
+    if kind == FLAG:
+        if not isinstance(value, bool):
+            raise SpruceError(f"'{name}' in {where} is a flag: use true or false, not {value!r}")
+        return value
+    if isinstance(value, list):
+        if kind == VALUE:
+            raise SpruceError(
+                f"'{name}' in {where} takes one value, got the list {value!r}",
+                "list values are only for options that may be repeated",
+            )
+        if not value or not all(scalar(item) for item in value):
+            raise SpruceError(f"'{name}' in {where} needs a non-empty list of plain values")
+        return list(value)
+    if not scalar(value):
+        raise SpruceError(
+            f"'{name}' in {where} takes a value, got {value!r}",
+            "quote it if you meant the text (YAML reads yes/no/on/off as true/false)",
+        )
+    return value
+
+
+def expand(spec: GridSpec) -> list[Run]:
+    """Axes x seeds, canonicalised and deduplicated, seeds outermost so that one seed of
+    every configuration finishes before the second seed of any."""
+    combos = itertools.product(*(axis.values for axis in spec.axes))
+    settings = []
+    seen_configs = set()
+    for combo in combos:
+        options = dict(spec.base)
+        for part in combo:
+            options.update(part)
+        options = {k: v for k, v in options.items() if v is not None and v is not False}
+        canonical = canonical_prune_options(options)
+        key = json.dumps(canonical, sort_keys=True, default=str)
+        if key not in seen_configs:
+            seen_configs.add(key)
+            axes = {k: canonical[k] for k in spec.axis_options if k in canonical}
+            settings.append((canonical, axes))
+    slugs = [_slug(axes) for _, axes in settings]
+    ids = []
+    for slug, (canonical, _) in zip(slugs, settings, strict=True):
+        if slugs.count(slug) > 1:
+            digest = hashlib.sha1(json.dumps(canonical, sort_keys=True, default=str).encode())
+            slug = f"{slug}-{digest.hexdigest()[:6]}"
+        ids.append(slug)
+    return [
+        Run(id=f"{slug}-s{seed}", seed=seed, options=canonical, axes=axes)
+        for seed in spec.seeds
+        for slug, (canonical, axes) in zip(ids, settings, strict=True)
+    ]
+
+
+def _slug(axes: dict[str, Any]) -> str:
+    parts = []
+    for name, value in axes.items():
+        if value is True:
+            parts.append(name)  # a flag axis: its name marks the runs that set it
+        else:
+            items = value if isinstance(value, list) else [value]
+            parts.append("+".join(_value_slug(item) for item in items))
+    slug = re.sub(r"[^A-Za-z0-9.+_-]+", "-", "-".join(parts)).strip("-.") or "run"
+    if len(slug) > 80:
+        slug = f"{slug[:72]}-{hashlib.sha1(slug.encode()).hexdigest()[:6]}"
+    return slug
+
+
+def _value_slug(value: Scalar) -> str:
+    text = str(value)
+    prefix, sep, rest = text.partition(":")
+    if sep and "/" not in prefix and ("/" in rest or "." in rest):
+        return f"{prefix}-{_value_slug(rest)}"
+    if "/" in text:
+        # A path: its folder and file name say which data set it is.
+        path = Path(text)
+        return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
+    return text

@@ -1,0 +1,331 @@
+"""results.csv and report.md of a grid, from the report.json of its finished runs.
+
+The report answers three questions about transfer while pruning — **how** to couple the
+auxiliary tasks (``coupling``), **what** to pass on (``transfer``) and **when** to use
+them (``aux-schedule``) — each against the ``none`` baseline, then names the best
+configuration. Values are in points (metric x 100), mean +- sample std over runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shlex
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spruce.grid.plots import plot_grid
+from spruce.grid.prune_cli import option_arguments
+from spruce.grid.runner import is_done, read_failure
+from spruce.grid.spec import GridSpec, Run
+from spruce.transfer.config import (
+    COUPLINGS,
+    SCHEDULES,
+    TRANSFERS,
+    TransferConfig,
+    canonical_prune_options,
+)
+from spruce.utils.atomic import write_text_atomic
+
+
+@dataclass
+class RunResult:
+    """One run's state: ``done`` (with its report), ``failed`` or ``pending``."""
+
+    run: Run
+    status: str
+    report: dict[str, Any] | None = None
+    exit_code: int | None = None
+    error: str = ""
+
+    def value(self, metric: str) -> float | None:
+        value = (self.report or {}).get("metrics", {}).get(metric)
+        return float(value) if isinstance(value, int | float) else None
+
+    def choices(self) -> tuple[str, str, str]:
+        """(coupling, transfer, schedule) as run: the report's ``transfer`` section when
+        it has one (an older report without it ran without auxiliary tasks), else the
+        options, with ``spruce prune``'s defaults."""
+        if self.report is not None:
+            section = self.report.get("transfer") or {"coupling": "none"}
+        else:
+            options = self.run.options
+            section = {k: options.get(o) for k, o in _CHOICE_OPTIONS.items() if o in options}
+        defaults = TransferConfig()
+        return (
+            str(section.get("coupling") or defaults.coupling),
+            str(section.get("transfer") or defaults.transfer),
+            str(section.get("schedule") or defaults.schedule),
+        )
+
+
+_CHOICE_OPTIONS = {"coupling": "coupling", "transfer": "transfer", "schedule": "aux-schedule"}
+
+
+@dataclass
+class Config:
+    """All seeds of one canonical configuration."""
+
+    options: dict[str, Any]
+    axes: dict[str, Any]
+    values: list[float] = field(default_factory=list)
+    failed: int = 0
+
+    @property
+    def coupling(self) -> str:
+        return str(self.options.get("coupling", "none"))
+
+    @property
+    def context(self) -> str:
+        """The options that do not concern auxiliary tasks (data budget, sparsity, ...):
+        a configuration is compared with the ``none`` run of the same context."""
+        plain = canonical_prune_options({**self.options, "coupling": "none"})
+        plain.pop("coupling")
+        return json.dumps(plain, sort_keys=True, default=str)
+
+
+def collect(spec: GridSpec, runs: Sequence[Run], out: Path) -> list[RunResult]:
+    results = []
+    for run in runs:
+        if is_done(run, out):
+            path = run.directory(out) / "report.json"
+            results.append(RunResult(run, "done", json.loads(path.read_text(encoding="utf-8"))))
+        elif (failure := read_failure(run, out)) is not None:
+            results.append(
+                RunResult(run, "failed", exit_code=failure["exit_code"], error=failure["error"])
+            )
+        else:
+            results.append(RunResult(run, "pending"))
+    return results
+
+
+def summarize(spec: GridSpec, runs: Sequence[Run], out: Path, command: str) -> Path:
+    """Write results.csv, the plots and report.md into ``out``; returns report.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = collect(spec, runs, out)
+    write_text_atomic(out / "results.csv", results_csv(spec, results))
+    configs = group(results, spec.metric)
+    plots = plot_grid([(c.options, c.values) for c in configs], spec.metric, out)
+    report = render_report(spec, results, configs, command, [p.name for p in plots])
+    write_text_atomic(out / "report.md", report)
+    return out / "report.md"
+
+
+def results_csv(spec: GridSpec, results: Sequence[RunResult]) -> str:
+    axis = spec.axis_options
+    base = [name for name in spec.base if name not in axis]
+    metrics = list(dict.fromkeys(k for r in results for k in (r.report or {}).get("metrics", {})))
+    header = ["run", "status", "seed", *axis, *base, *metrics, "metrics_split"]
+    header += ["encoder_sparsity", "total_sparsity", "total_params", "wall_time_s"]
+    header += ["exit_code", "error"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for result in results:
+        report = result.report or {}
+        sparsity, params = report.get("sparsity", {}), report.get("params", {})
+        options = result.run.options
+        writer.writerow(
+            [result.run.id, result.status, result.run.seed]
+            + [_show(options[name]) if name in options else "" for name in [*axis, *base]]
+            + [report.get("metrics", {}).get(name, "") for name in metrics]
+            + [report.get("metrics_split", ""), sparsity.get("encoder", "")]
+            + [sparsity.get("total", ""), params.get("total", ""), report.get("wall_time_s", "")]
+            + ["" if result.exit_code is None else result.exit_code, result.error]
+        )
+    return buffer.getvalue()
+
+
+def group(results: Sequence[RunResult], metric: str) -> list[Config]:
+    configs: dict[str, Config] = {}
+    for result in results:
+        config = configs.setdefault(result.run.config, Config(result.run.options, result.run.axes))
+        value = result.value(metric)
+        if value is not None:
+            config.values.append(value)
+        config.failed += result.status == "failed"
+    return list(configs.values())
+
+
+def render_report(
+    spec: GridSpec,
+    results: Sequence[RunResult],
+    configs: Sequence[Config],
+    command: str,
+    plots: Sequence[str],
+) -> str:
+    metric = spec.metric
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "failed", "pending")}
+    splits = sorted({str(r.report.get("metrics_split", "?")) for r in results if r.report})
+    fence = "~~~~" if "```" in spec.text else "```"
+    lines = [
+        f"# Grid: {spec.name}",
+        "",
+        f"{len(results)} runs: {counts['done']} done, {counts['failed']} failed, "
+        f"{counts['pending']} pending. Metric: **{metric}** on the "
+        f"{' / '.join(splits) or '(no results yet)'} split, in points (x 100): mean ± sample "
+        "std over the runs of a row (n runs); Δ: difference from the mean of the `none` "
+        "baseline (no auxiliary task), in points.",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Grid file `{spec.path}`:",
+        "",
+        f"{fence}yaml",
+        spec.text.rstrip("\n"),
+        fence,
+        "",
+    ]
+    done = [r for r in results if r.value(metric) is not None]
+    baseline = [r.value(metric) for r in done if r.choices()[0] == "none"]
+
+    def table(
+        title: str,
+        note: str,
+        key: Callable[[RunResult], tuple[str, ...] | None],
+        names: list[str],
+    ) -> None:
+        lines.extend([f"## {title}", "", note, ""])
+        groups: dict[tuple[str, ...], list[float]] = {}
+        for result in done:
+            if (k := key(result)) is not None:
+                groups.setdefault(k, []).append(result.value(metric))
+        if not groups:
+            lines.extend(["No finished runs for this question.", ""])
+            return
+        lines.append("| " + " | ".join([*names, "n", metric, "Δ vs none"]) + " |")
+        lines.append("|" + "---|" * (len(names) + 3))
+        for k in sorted(groups, key=_choice_order):
+            values = groups[k]
+            lines.append(
+                f"| {' | '.join(k)} | {len(values)} | {_mean_std(values)} | "
+                f"{_delta(values, baseline)} |"
+            )
+        lines.append("")
+
+    table("How: coupling", "All runs grouped by coupling.", lambda r: r.choices()[:1], ["coupling"])
+    table(
+        "What: transfer",
+        "Runs with sequential or joint coupling, grouped by what is transferred.",
+        lambda r: r.choices()[:2] if r.choices()[0] in ("sequential", "joint") else None,
+        ["coupling", "transfer"],
+    )
+    table(
+        "When: auxiliary schedule",
+        "Runs with joint or tied coupling, grouped by the auxiliary loss schedule.",
+        lambda r: (r.choices()[0], r.choices()[2]) if r.choices()[0] in ("joint", "tied") else None,
+        ["coupling", "schedule"],
+    )
+    lines.extend(_best(spec, configs))
+    if plots:
+        lines.extend(["## Plots", ""])
+        lines.extend(f"![{name[:-4].replace('_', ' ')}]({name})" for name in plots)
+        lines.append("")
+    lines.extend(_all_configs(spec, configs))
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        lines.extend(["## Failed runs", ""])
+        for r in failed:
+            log = f"runs/{r.run.id}.log"
+            lines.append(f"- `{r.run.id}` (exit {r.exit_code}, log `{log}`): {r.error}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _best(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
+    lines = ["## Best configuration", ""]
+    finished = [c for c in configs if c.values]
+    if not finished:
+        return [*lines, "No finished runs yet.", ""]
+    best = max(finished, key=lambda c: statistics.fmean(c.values))
+    baseline = _baseline(best, finished)
+    if best.coupling == "none":
+        gain = "the `none` baseline itself"
+    elif baseline is None:
+        gain = "no finished `none` run with the same other options to compare with"
+    else:
+        gain = (
+            f"{_delta(best.values, baseline.values)} points over `none` with the same other "
+            f"options ({_mean_std(baseline.values)}, n = {len(baseline.values)})"
+        )
+    arguments = shlex.join(option_arguments(best.options, spec.options))
+    lines.append(
+        f"`{_describe(best.axes)}`: {_mean_std(best.values)} (n = {len(best.values)}); {gain}."
+    )
+    lines.extend(["", f"Its `spruce prune` options (and `--seed`): `{arguments}`"])
+    contexts: dict[str, list[Config]] = {}
+    for config in finished:
+        contexts.setdefault(config.context, []).append(config)
+    if len(contexts) > 1:
+        # Other axes (data budget, sparsity, ...) vary: the winner may differ per value.
+        lines.extend(["", "Best per setting of the other axes:", ""])
+        lines.append(f"| setting | best | {spec.metric} | n | none | Δ vs none |")
+        lines.append("|---|---|---|---|---|---|")
+        for members in contexts.values():
+            top = max(members, key=lambda c: statistics.fmean(c.values))
+            transfer_keys = {"coupling", *top.options} - set(json.loads(top.context))
+            setting = {k: v for k, v in top.axes.items() if k not in transfer_keys}
+            choice = {k: v for k, v in top.axes.items() if k in transfer_keys}
+            none = _baseline(top, finished)
+            lines.append(
+                f"| {_describe(setting)} | {_describe(choice)} | {_mean_std(top.values)} | "
+                f"{len(top.values)} | {_mean_std(none.values) if none else '—'} | "
+                f"{_delta(top.values, none.values if none else [])} |"
+            )
+    return [*lines, ""]
+
+
+def _baseline(config: Config, finished: Sequence[Config]) -> Config | None:
+    """The finished ``none`` configuration with the same non-transfer options."""
+    return next((c for c in finished if c.coupling == "none" and c.context == config.context), None)
+
+
+def _all_configs(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
+    names = spec.axis_options
+    lines = ["## All configurations", "", "Sorted by mean; options dropped by a coupling: -.", ""]
+    lines.append("| " + " | ".join([*names, "n", spec.metric, "failed"]) + " |")
+    lines.append("|" + "---|" * (len(names) + 3))
+    ordered = sorted(configs, key=lambda c: -statistics.fmean(c.values) if c.values else 1.0)
+    for c in ordered:
+        cells = [_show(c.axes[name]) if name in c.axes else "-" for name in names]
+        shown = _mean_std(c.values) if c.values else "—"
+        lines.append(f"| {' | '.join([*cells, str(len(c.values)), shown, str(c.failed)])} |")
+    return [*lines, ""]
+
+
+def _choice_order(key: tuple[str, ...]) -> tuple[Any, ...]:
+    # The documented order of each choice (none first), not the alphabet.
+    known = [*COUPLINGS, *TRANSFERS, *(s.split(":")[0] for s in SCHEDULES)]
+    return tuple(
+        (known.index(k.split(":")[0]), k) if k.split(":")[0] in known else (99, k) for k in key
+    )
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * std:.2f}"
+
+
+def _delta(values: Sequence[float], baseline: Sequence[float]) -> str:
+    if not baseline:
+        return "—"
+    return f"{100 * (statistics.fmean(values) - statistics.fmean(baseline)):+.2f}"
+
+
+def _describe(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_show(v)}" for k, v in options.items()) or "base options"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "+".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)

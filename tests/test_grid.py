@@ -1,0 +1,405 @@
+"""``spruce grid``: validation of GRID.yaml, expansion, resumable execution and the summary.
+
+No model is trained: runs are launched as a small fake ``spruce prune`` script that
+writes a plausible report.json whose accuracy depends on the options (or fails where a
+marker file says so). Transfer options that ``spruce prune`` may not have yet are
+described to the grid by an injected option table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from spruce.cli.main import main
+from spruce.errors import SpruceError
+from spruce.grid import expand, load_grid, run_grid, summarize
+from spruce.grid import runner as grid_runner
+from spruce.grid.prune_cli import FLAG, REPEAT, VALUE, PruneOption, prune_options, resolve_path
+from spruce.grid.runner import command_for
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = {
+    "train": VALUE,
+    "method": VALUE,
+    "target-sparsity": VALUE,
+    "prune-rounds": VALUE,
+    "max-train-samples": VALUE,
+    "coupling": VALUE,
+    "transfer": VALUE,
+    "aux-schedule": VALUE,
+    "tie-strength": VALUE,
+    "aux": REPEAT,
+    "quiet": FLAG,
+    "trim-vocab": FLAG,
+    "no-latency": FLAG,
+    "seed": VALUE,
+    "out": VALUE,
+    "threads": VALUE,
+    "overwrite": FLAG,
+}
+TABLE = {name: PruneOption(name, kind) for name, kind in KINDS.items()}
+TABLE["lr"] = TABLE["learning-rate"] = PruneOption("learning-rate")
+
+FAKE_PRUNE = """
+import json, pathlib, sys
+args, opts, i = sys.argv[1:], {}, 0
+while i < len(args):
+    if args[i] in ("--quiet", "--overwrite", "--trim-vocab", "--no-latency"):
+        opts[args[i][2:]] = True
+        i += 1
+    else:
+        opts.setdefault(args[i][2:], []).append(args[i + 1])
+        i += 2
+out = pathlib.Path(opts["out"][0])
+state = pathlib.Path(STATE)
+with open(state / "launches.txt", "a") as handle:
+    handle.write(out.name + "\\n")
+if (state / ("fail-" + out.name)).exists():
+    print("training...", flush=True)
+    print("spruce: error: boom", file=sys.stderr)
+    sys.exit(1)
+one = lambda name, default: opts.get(name, [default])[0]
+coupling = one("coupling", "none")
+accuracy = {"none": 0.70, "sequential": 0.72, "joint": 0.75, "tied": 0.73}[coupling]
+if coupling in ("sequential", "joint"):
+    accuracy += {"weights": 0.0, "masks": 0.01, "both": 0.02}[one("transfer", "both")]
+if coupling in ("joint", "tied"):
+    accuracy += {"constant": 0.0, "prune-only": 0.01}[one("aux-schedule", "constant")]
+sparsity = float(one("target-sparsity", "0.9"))
+examples = int(one("max-train-samples", "1000"))
+accuracy += 0.002 * int(one("seed", "0")) - 0.1 * (sparsity - 0.5) + examples / 1e5
+report = {
+    "task": "fake",
+    "metrics": {"accuracy": round(accuracy, 6), "macro_f1": round(accuracy - 0.01, 6)},
+    "metrics_split": "test",
+    "sparsity": {"encoder": sparsity, "total": sparsity / 2},
+    "params": {"total": 1000, "dense_total": 2000},
+    "wall_time_s": 1.5,
+    "target_sparsity": sparsity,
+    "method": "l0",
+    "transfer": {"coupling": coupling, "transfer": one("transfer", "both"),
+                 "schedule": one("aux-schedule", "constant"), "aux": []},
+    "config": {"data": {"max_train_samples": examples}},
+}
+out.mkdir(parents=True, exist_ok=True)
+(out / "report.json").write_text(json.dumps(report))
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def grid_file(tmp_path: Path, grid: str, extra: str = "") -> Path:
+    body = f"name: test\nout: {tmp_path / 'out'}\nseeds: [0, 1]\njobs: 2\nthreads: 1\n{extra}"
+    return write(tmp_path / "grid.yaml", body + "base:\n  train: train.tsv\ngrid:\n" + grid)
+
+
+@pytest.fixture
+def fake(tmp_path: Path):
+    """A command builder that runs the fake prune script instead of ``spruce prune``."""
+    state = tmp_path / "state"
+    state.mkdir()
+    script = tmp_path / "fake_prune.py"
+    script.write_text(f"STATE = {str(state)!r}\n" + FAKE_PRUNE)
+
+    def command(spec, run, directory):
+        real = command_for(spec, run, directory)
+        assert real[1:4] == ["-m", "spruce", "prune"]
+        return [sys.executable, str(script), *real[4:]]
+
+    command.state = state
+    command.launches = lambda: (state / "launches.txt").read_text().split()
+    return command
+
+
+def error_of(path: Path, options=TABLE) -> str:
+    with pytest.raises(SpruceError) as caught:
+        load_grid(path, options)
+    return caught.value.one_line()
+
+
+TRANSFER_GRID = """\
+  coupling: [none, sequential, joint, tied]
+  transfer: [weights, both]
+  aux-schedule: [constant, prune-only]
+  target-sparsity: [0.5, 0.9]
+"""
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def test_unknown_top_level_key_suggests_the_nearest(tmp_path: Path) -> None:
+    path = write(tmp_path / "g.yaml", "seed: [0]\nbase: {train: t.tsv}\n")
+    message = error_of(path)
+    assert "unknown grid file key 'seed'" in message and "did you mean 'seeds'?" in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize("section", ["base", "grid"])
+def test_unknown_option_suggests_the_nearest(tmp_path: Path, section: str) -> None:
+    value = "0.9" if section == "base" else "[0.5, 0.9]"
+    path = write(tmp_path / "g.yaml", f"{section}:\n  target-sparsty: {value}\n")
+    message = error_of(path)
+    assert "'target-sparsty'" in message and "did you mean 'target-sparsity'?" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("base:\n  seed: 3\n", "'seed' in base is set by spruce grid"),
+        ("grid:\n  out: [a, b]\n", "'out' in grid is set by spruce grid"),
+        ("grid:\n  threads: [1, 2]\n", "'threads' in grid is set by spruce grid"),
+        ("base:\n  overwrite: true\n", "'overwrite' in base is set by spruce grid"),
+        ("grid:\n  method: []\n", "grid axis 'method' is empty"),
+        ("grid:\n  method: l0\n", "grid axis 'method' must be a list"),
+        ("grid:\n  method: [l0, {prune-rounds: 2}]\n", "mixes option mappings"),
+        ("jobs: 0\n", "jobs must be 'auto' or a positive whole number"),
+        ("jobs: many\n", "jobs must be 'auto'"),
+        ("threads: 1.5\n", "threads must be a positive whole number"),
+        ("seeds: []\n", "seeds must be a list"),
+        ("seeds: [0, 0]\n", "distinct"),
+        ("metric: acuracy\n", "did you mean 'accuracy'?"),
+        ("base:\n  quiet: 3\n", "'quiet' in base is a flag"),
+        ("base:\n  method: [l0, taylor]\n", "'method' in base takes one value"),
+        ("base:\n  method: yes\n", "quote it"),
+        ("base:\n  lr: 1e-4\n  learning-rate: 1e-5\n", "given twice"),
+        ("base:\n  method: l0\ngrid:\n  method: [taylor]\n", "set both in base"),
+        ("- a\n- b\n", "must be a mapping"),
+    ],
+)
+def test_invalid_grid_files(tmp_path: Path, text: str, fragment: str) -> None:
+    assert fragment in error_of(write(tmp_path / "g.yaml", text))
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "g.yaml", "seeds: [0, 1]\nbase:\n  train: [a\ngrid: {}\n")
+    message = error_of(path)
+    assert str(path) in message and " line " in message
+
+
+def test_missing_grid_file(tmp_path: Path) -> None:
+    assert "does not exist" in error_of(tmp_path / "nope.yaml")
+
+
+def test_aliases_are_normalised_and_nulls_omitted(tmp_path: Path) -> None:
+    path = write(tmp_path / "g.yaml", "base:\n  lr: 1e-4\ngrid:\n  prune-rounds: [null, 2]\n")
+    runs = expand(load_grid(path, TABLE))
+    assert [run.options for run in runs] == [
+        {"learning-rate": "1e-4"},
+        {"learning-rate": "1e-4", "prune-rounds": 2},
+    ]
+    assert [run.id for run in runs] == ["run-s0", "2-s0"]
+
+
+# --- expansion --------------------------------------------------------------------------
+
+
+def test_canonical_dedupe(tmp_path: Path) -> None:
+    path = grid_file(tmp_path, "  coupling: [none, joint]\n  transfer: [weights, both]\n")
+    runs = expand(load_grid(path, TABLE))
+    assert len(runs) == 6
+    assert [r.id for r in runs] == [
+        "none-s0", "joint-weights-s0", "joint-both-s0",
+        "none-s1", "joint-weights-s1", "joint-both-s1",
+    ]  # fmt: skip
+    assert runs[0].options == {"train": "train.tsv", "coupling": "none"}
+    assert [r.id for r in expand(load_grid(path, TABLE))] == [r.id for r in runs]
+
+
+def test_full_transfer_grid_counts(tmp_path: Path) -> None:
+    path = grid_file(tmp_path, TRANSFER_GRID, extra="")
+    runs = expand(load_grid(path, TABLE))
+    # per sparsity: none 1, sequential 2 (no schedule), joint 4, tied 2 (no transfer)
+    assert len(runs) == 9 * 2 * 2
+    assert len({r.id for r in runs}) == len(runs)
+    assert "tied-prune-only-0.9-s1" in {r.id for r in runs}
+
+
+def test_list_values_and_mapping_axes(tmp_path: Path) -> None:
+    text = """
+        base:
+          coupling: joint
+        grid:
+          aux: [[mlm], [mlm, "task:../data/sst2/train.tsv"]]
+          budget:
+            - {max-train-samples: 100, trim-vocab: true}
+            - {max-train-samples: 1000}
+    """
+    spec = load_grid(write(tmp_path / "g.yaml", text), TABLE)
+    runs = expand(spec)
+    assert [r.id for r in runs] == [
+        "mlm-100-trim-vocab-s0",
+        "mlm-1000-s0",
+        "mlm+task-sst2-train-100-trim-vocab-s0",
+        "mlm+task-sst2-train-1000-s0",
+    ]
+    command = command_for(spec, runs[2], tmp_path / "out" / "x")
+    assert command[4:] == [
+        "--coupling", "joint", "--aux", "mlm", "--aux", "task:../data/sst2/train.tsv",
+        "--max-train-samples", "100", "--trim-vocab",
+        "--seed", "0", "--threads", "1", "--out", str(tmp_path / "out" / "x"), "--quiet",
+    ]  # fmt: skip
+
+
+def test_colliding_slugs_get_a_hash(tmp_path: Path) -> None:
+    spec = load_grid(write(tmp_path / "g.yaml", "grid:\n  train: [a/b.tsv, a/b.csv]\n"), TABLE)
+    ids = [run.id for run in expand(spec)]
+    assert len(set(ids)) == 2 and all(i.startswith("a-b-") for i in ids)
+
+
+def test_paths_resolve_against_the_yaml_folder_only_if_they_exist(tmp_path: Path) -> None:
+    root, cwd = tmp_path / "grids", tmp_path / "elsewhere"
+    (root / "data").mkdir(parents=True)
+    cwd.mkdir()
+    (root / "data" / "t.tsv").write_text("x")
+    resolved = str((root / "data" / "t.tsv").resolve())
+    assert resolve_path("data/t.tsv", root, cwd) == resolved
+    assert resolve_path("task:data/t.tsv", root, cwd) == f"task:{resolved}"
+    assert resolve_path("../shared/x.tsv", root, cwd) == "../shared/x.tsv"
+    assert resolve_path("data", root, cwd) == "data"  # no slash, no suffix: a word
+    assert resolve_path("data/t.tsv", root, root) == "data/t.tsv"
+
+
+def test_example_grids_expand(tmp_path: Path) -> None:
+    # The transfer options are described here until spruce prune has them all.
+    table = {**TABLE, **prune_options()}
+    sst2 = load_grid(REPO / "examples" / "grids" / "sst2-transfer.yaml", table)
+    assert len(expand(sst2)) == 12 * 3
+    rte = load_grid(REPO / "examples" / "grids" / "rte-transfer.yaml", table)
+    runs = expand(rte)
+    assert len(runs) == 7 * 3
+    assert "joint-mlm+task-sst2-train-s2" in {r.id for r in runs}
+
+
+# --- execution and summary --------------------------------------------------------------
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_resume_failures_and_report(tmp_path: Path, fake) -> None:
+    spec = load_grid(grid_file(tmp_path, TRANSFER_GRID), TABLE)
+    runs, out = expand(spec), tmp_path / "out"
+    (fake.state / "fail-tied-constant-0.9-s1").write_text("")
+    outcome = run_grid(spec, runs, out, jobs=2, command=fake)
+    assert len(fake.launches()) == len(runs) == 36
+    assert outcome.failed == ["tied-constant-0.9-s1"] and len(outcome.done) == 35
+    assert (out / "runs" / "tied-constant-0.9-s1.log").read_text().rstrip().endswith("boom")
+
+    report = summarize(spec, runs, out, "spruce grid grid.yaml")
+    rows = read_csv(out / "results.csv")
+    assert [row["run"] for row in rows] == [run.id for run in runs]
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["exit_code"] == "1"
+    assert failed[0]["error"] == "spruce: error: boom"
+    none = next(row for row in rows if row["run"] == "none-0.5-s0")
+    assert none["transfer"] == "" and none["aux-schedule"] == "" and none["train"] == "train.tsv"
+    assert float(none["accuracy"]) == pytest.approx(0.71)
+    assert none["metrics_split"] == "test" and none["total_params"] == "1000"
+
+    text = report.read_text()
+    for heading in ("## How", "## What", "## When", "## Best configuration", "## Failed runs"):
+        assert heading in text
+    best = "`coupling=joint, transfer=both, aux-schedule=prune-only, target-sparsity=0.5`"
+    assert f"{best}: 79.10 ± 0.14 (n = 2); +8.00 points over `none`" in text
+    assert "--train train.tsv --coupling joint --transfer both --aux-schedule prune-only" in text
+    assert "| none | 4 | 69.10 ± 2.31 | +0.00 |" in text
+    assert "| joint | 16 | 75.60 ± 2.37 | +6.50 |" in text
+    assert "| joint | both | 8 |" in text and "| tied | prune-only | 4 |" in text
+    assert (
+        "| target-sparsity=0.9 | coupling=joint, transfer=both, aux-schedule=prune-only |" in text
+    )
+    assert (out / "metric_vs_sparsity.png").stat().st_size > 0
+    assert "(metric_vs_sparsity.png)" in text
+    assert not (out / "metric_vs_examples.png").exists()
+    assert "target-sparsity: [0.5, 0.9]" in text  # the YAML is quoted
+
+    # Resume: only the failed run is launched again; it fails again, then succeeds.
+    outcome = run_grid(spec, runs, out, jobs=2, command=fake)
+    assert len(outcome.skipped) == 35 and len(fake.launches()) == 37
+    (fake.state / "fail-tied-constant-0.9-s1").unlink()
+    outcome = run_grid(spec, runs, out, jobs=1, command=fake)
+    assert outcome.done == ["tied-constant-0.9-s1"] and len(fake.launches()) == 38
+    summarize(spec, runs, out, "spruce grid grid.yaml")
+    assert {row["status"] for row in read_csv(out / "results.csv")} == {"done"}
+    assert "## Failed runs" not in (out / "report.md").read_text()
+
+
+def test_examples_plot_when_the_budget_varies(tmp_path: Path, fake) -> None:
+    grid = "  coupling: [none, joint]\n  max-train-samples: [100, 1000]\n"
+    spec = load_grid(grid_file(tmp_path, grid), TABLE)
+    runs, out = expand(spec), tmp_path / "out"
+    run_grid(spec, runs, out, jobs=2, command=fake)
+    text = summarize(spec, runs, out, "spruce grid grid.yaml").read_text()
+    assert (out / "metric_vs_examples.png").is_file()
+    assert not (out / "metric_vs_sparsity.png").exists()
+    assert "(metric_vs_examples.png)" in text
+    # The budget is not a transfer choice: each joint run is compared with its own none.
+    row = "| max-train-samples=100 | coupling=joint | 73.20 ± 0.14 | 2 | 66.20 ± 0.14 | +7.00 |"
+    assert row in text
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], args: list[object]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_bad_yaml_is_one_line_and_exit_2(capsys, tmp_path: Path) -> None:
+    path = write(tmp_path / "g.yaml", "seeds: [0\n")
+    code, out, err = run_cli(capsys, ["grid", path])
+    assert code == 2 and out == ""
+    assert err.startswith("spruce: error: ") and err.count("\n") == 1 and str(path) in err
+
+
+def test_cli_unknown_option_is_one_line(capsys, tmp_path: Path) -> None:
+    path = write(tmp_path / "g.yaml", "out: o\nbase:\n  metod: l0\n")
+    code, _, err = run_cli(capsys, ["grid", path])
+    assert code == 2 and "did you mean 'method'?" in err and err.count("\n") == 1
+
+
+def test_cli_bad_value_is_caught_before_running(capsys, tmp_path: Path) -> None:
+    path = grid_file(tmp_path, "  target-sparsity: [0.5, 1.5]\n")
+    code, _, err = run_cli(capsys, ["grid", path])
+    assert code == 2 and "run 1.5-s0" in err and "[0, 1)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_dry_run_summary_only_and_exit_codes(capsys, tmp_path, fake, monkeypatch) -> None:
+    monkeypatch.setattr(grid_runner, "command_for", fake)
+    path = grid_file(tmp_path, "  method: [magnitude, taylor]\n")
+    out = tmp_path / "other"
+    code, stdout, _ = run_cli(capsys, ["grid", path, "--out", out, "--dry-run"])
+    assert code == 0 and "taylor-s1" in stdout and "--method taylor --seed 1" in stdout
+    assert not out.exists()
+
+    (fake.state / "fail-taylor-s1").write_text("")
+    code, stdout, _ = run_cli(capsys, ["grid", path, "--out", out, "--jobs", "1"])
+    assert code == 1 and "1 of 4 runs failed: taylor-s1" in stdout
+    assert stdout.rstrip().endswith(f"wrote {out / 'report.md'}")
+    assert len(fake.launches()) == 4
+
+    (out / "report.md").unlink()
+    code, stdout, _ = run_cli(capsys, ["grid", path, "--out", out, "--summary-only"])
+    assert code == 1 and (out / "report.md").is_file() and len(fake.launches()) == 4
+    assert "--summary-only" in (out / "report.md").read_text()
+
+    (fake.state / "fail-taylor-s1").unlink()
+    code, stdout, _ = run_cli(capsys, ["grid", path, "--out", out])
+    assert code == 0 and "skip magnitude-s0: done" in stdout and len(fake.launches()) == 5
+    assert json.loads((out / "runs" / "taylor-s1" / "report.json").read_text())["metrics"]
