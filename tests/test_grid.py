@@ -403,3 +403,41 @@ def test_cli_dry_run_summary_only_and_exit_codes(capsys, tmp_path, fake, monkeyp
     code, stdout, _ = run_cli(capsys, ["grid", path, "--out", out])
     assert code == 0 and "skip magnitude-s0: done" in stdout and len(fake.launches()) == 5
     assert json.loads((out / "runs" / "taylor-s1" / "report.json").read_text())["metrics"]
+
+
+FAKE_ADAPT = """
+import json, pathlib, sys
+args = sys.argv[1:]
+out = pathlib.Path(args[args.index("--out") + 1])
+fine = "--fine-prune" in args
+report = {"metrics": {"accuracy": 0.70 if fine else 0.72}, "metrics_split": "test",
+          "sparsity": {"encoder": 0.7, "total": 0.5}, "params": {"total": 500},
+          "learned_params": 9000 if fine else 300, "task_file_bytes": 40000 if fine else 2000,
+          "wall_time_s": 1.0}
+out.mkdir(parents=True)
+(out / "report.json").write_text(json.dumps(report))
+"""
+
+
+def test_a_grid_can_run_spruce_adapt(tmp_path: Path) -> None:
+    table = {**TABLE, "fine-prune": PruneOption("fine-prune", FLAG)}
+    body = "command: adapt\nseeds: [0]\njobs: 1\nthreads: 1\nbase:\n  train: t.tsv\n"
+    spec = load_grid(write(tmp_path / "g.yaml", body + "grid:\n  fine-prune: [false, true]\n"),
+                     table)  # fmt: skip
+    script = write(tmp_path / "fake_adapt.py", FAKE_ADAPT)
+    seen = []
+
+    def command(spec, run, directory):
+        real = command_for(spec, run, directory)
+        seen.append(real[3])
+        return [sys.executable, str(script), *real[4:]]
+
+    runs, out = expand(spec), tmp_path / "out"
+    assert run_grid(spec, runs, out, jobs=1, command=command).failed == []
+    assert seen == ["adapt", "adapt"]
+    text = summarize(spec, runs, out, "spruce grid g.yaml").read_text()
+    assert "## How" not in text and "`spruce adapt` options" in text
+    assert "| - | 1 | 72.00 ± 0.00 | 300 | 2,000 | 0 |" in text  # false flags are left out
+    assert {row["learned_params"] for row in read_csv(out / "results.csv")} == {"300", "9000"}
+    with pytest.raises(SpruceError, match="command 'finetune' cannot be run"):
+        load_grid(write(tmp_path / "h.yaml", "command: finetune\n"), table)

@@ -1,6 +1,7 @@
-"""The ``spruce prune`` command line as a grid sees it: option names, values, arguments.
+"""The command line a grid runs (``spruce prune``, or ``spruce adapt``) as a grid sees
+it: option names, values, arguments.
 
-Option names and kinds come from the real ``spruce prune`` parser, not a copy of its
+Option names and kinds come from the real parser of the command, not a copy of its
 option list, so a grid file can use every option the command has (new ones included)
 and a typo fails before any run starts.
 """
@@ -32,21 +33,25 @@ class PruneOption:
     kind: str = VALUE
 
 
-def prune_parser() -> argparse.ArgumentParser:
-    """The ``spruce prune`` sub-parser, exactly as the command line builds it."""
+COMMANDS = ("prune", "adapt")  # the spruce commands a grid can run
+
+
+def prune_parser(command: str = "prune") -> argparse.ArgumentParser:
+    """The sub-parser of ``spruce COMMAND``, exactly as the command line builds it."""
     from spruce.cli.main import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return subparsers.choices["prune"]
+    return subparsers.choices[command]
 
 
-def prune_options() -> dict[str, PruneOption]:
-    """Every long option name of ``spruce prune`` (aliases too) -> its :class:`PruneOption`.
+def prune_options(command: str = "prune") -> dict[str, PruneOption]:
+    """Every long option name of ``spruce COMMAND`` (aliases too) -> its
+    :class:`PruneOption`.
 
     Tests replace this function to describe options the parser does not have yet."""
     table: dict[str, PruneOption] = {}
-    for action in prune_parser()._actions:
+    for action in prune_parser(command)._actions:
         names = [s[2:] for s in action.option_strings if s.startswith("--")]
         if not names or isinstance(action, argparse._HelpAction):
             continue
@@ -124,7 +129,7 @@ def resolve_path(text: str, root: Path, cwd: Path) -> str:
 def check_runs(spec: GridSpec, runs: Sequence[Run]) -> None:
     """Check each distinct configuration's values with the real ``spruce prune`` parser."""
     checked = set()
-    parser = prune_parser()
+    parser = prune_parser(spec.command)
     for run in runs:
         if run.config in checked:
             continue

@@ -37,7 +37,7 @@ def command_for(spec: GridSpec, run: Run, directory: Path) -> list[str]:
     options = option_arguments(
         run.options, spec.options, lambda text: resolve_path(text, spec.root, cwd)
     )
-    command = [sys.executable, "-m", "spruce", "prune", *options]
+    command = [sys.executable, "-m", "spruce", spec.command, *options]
     command += ["--seed", str(run.seed), "--threads", str(spec.threads)]
     command += ["--out", str(directory), "--quiet"]
     if directory.exists():

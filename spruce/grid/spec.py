@@ -25,7 +25,7 @@ from spruce.grid.prune_cli import FLAG, VALUE, PruneOption, Scalar
 from spruce.report.metrics import METRICS
 from spruce.transfer.config import canonical_prune_options, check_keys
 
-TOP_KEYS = ["name", "out", "seeds", "jobs", "threads", "metric", "base", "grid"]
+TOP_KEYS = ["name", "command", "out", "seeds", "jobs", "threads", "metric", "base", "grid"]
 # Set per run by the runner; in a grid file they would silently fight with it.
 RESERVED = {
     "seed": "list the seeds under 'seeds:'",
@@ -62,6 +62,7 @@ class GridSpec:
     base: dict[str, Any]
     axes: list[Axis]
     options: Mapping[str, PruneOption] = field(repr=False)
+    command: str = "prune"
 
     @property
     def root(self) -> Path:
@@ -127,7 +128,13 @@ def load_grid(path: Path, options: Mapping[str, PruneOption] | None = None) -> G
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise SpruceError(f"{path}{where}: {problem}", "fix the YAML syntax") from None
-    known = dict(options if options is not None else prune_cli.prune_options())
+    command = data.get("command", "prune") if isinstance(data, dict) else "prune"
+    if command not in prune_cli.COMMANDS:
+        raise SpruceError(
+            f"{path}: command '{command}' cannot be run by a grid",
+            f"use one of {', '.join(prune_cli.COMMANDS)}",
+        )
+    known = dict(options if options is not None else prune_cli.prune_options(command))
     with _in_file(path):
         return _parse(path, text, data, known)
 
@@ -182,6 +189,7 @@ def _parse(path: Path, text: str, data: Any, known: dict[str, PruneOption]) -> G
         base=base,
         axes=axes,
         options=known,
+        command=str(data.get("command", "prune")),
     )
 
 
@@ -276,7 +284,8 @@ def expand(spec: GridSpec) -> list[Run]:
         for part in combo:
             options.update(part)
         options = {k: v for k, v in options.items() if v is not None and v is not False}
-        canonical = canonical_prune_options(options)
+        # Only spruce prune has settings that make other settings irrelevant (couplings).
+        canonical = canonical_prune_options(options) if spec.command == "prune" else options
         key = json.dumps(canonical, sort_keys=True, default=str)
         if key not in seen_configs:
             seen_configs.add(key)

@@ -74,6 +74,9 @@ class Config:
     axes: dict[str, Any]
     values: list[float] = field(default_factory=list)
     failed: int = 0
+    # spruce adapt reports: per-task learned parameters and task-file bytes of each seed.
+    learned: list[int] = field(default_factory=list)
+    task_bytes: list[int] = field(default_factory=list)
 
     @property
     def coupling(self) -> str:
@@ -121,7 +124,8 @@ def results_csv(spec: GridSpec, results: Sequence[RunResult]) -> str:
     base = [name for name in spec.base if name not in axis]
     metrics = list(dict.fromkeys(k for r in results for k in (r.report or {}).get("metrics", {})))
     header = ["run", "status", "seed", *axis, *base, *metrics, "metrics_split"]
-    header += ["encoder_sparsity", "total_sparsity", "total_params", "wall_time_s"]
+    header += ["encoder_sparsity", "total_sparsity", "total_params", "learned_params"]
+    header += ["task_file_bytes", "wall_time_s"]
     header += ["exit_code", "error"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -135,7 +139,9 @@ def results_csv(spec: GridSpec, results: Sequence[RunResult]) -> str:
             + [_show(options[name]) if name in options else "" for name in [*axis, *base]]
             + [report.get("metrics", {}).get(name, "") for name in metrics]
             + [report.get("metrics_split", ""), sparsity.get("encoder", "")]
-            + [sparsity.get("total", ""), params.get("total", ""), report.get("wall_time_s", "")]
+            + [sparsity.get("total", ""), params.get("total", "")]
+            + [report.get("learned_params", ""), report.get("task_file_bytes", "")]
+            + [report.get("wall_time_s", "")]
             + ["" if result.exit_code is None else result.exit_code, result.error]
         )
     return buffer.getvalue()
@@ -148,6 +154,10 @@ def group(results: Sequence[RunResult], metric: str) -> list[Config]:
         value = result.value(metric)
         if value is not None:
             config.values.append(value)
+            report = result.report or {}
+            if "learned_params" in report:
+                config.learned.append(int(report["learned_params"]))
+                config.task_bytes.append(int(report.get("task_file_bytes", 0)))
         config.failed += result.status == "failed"
     return list(configs.values())
 
@@ -210,6 +220,11 @@ def render_report(
             )
         lines.append("")
 
+    if spec.command != "prune":
+        # How / what / when are questions about spruce prune's transfer settings.
+        lines.extend(_best(spec, configs))
+        lines.extend(_all_configs(spec, configs))
+        return "\n".join(lines)
     table("How: coupling", "All runs grouped by coupling.", lambda r: r.choices()[:1], ["coupling"])
     table(
         "What: transfer",
@@ -246,7 +261,9 @@ def _best(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
         return [*lines, "No finished runs yet.", ""]
     best = max(finished, key=lambda c: statistics.fmean(c.values))
     baseline = _baseline(best, finished)
-    if best.coupling == "none":
+    if spec.command != "prune":
+        gain = "highest mean of the grid"
+    elif best.coupling == "none":
         gain = "the `none` baseline itself"
     elif baseline is None:
         gain = "no finished `none` run with the same other options to compare with"
@@ -259,11 +276,11 @@ def _best(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
     lines.append(
         f"`{_describe(best.axes)}`: {_mean_std(best.values)} (n = {len(best.values)}); {gain}."
     )
-    lines.extend(["", f"Its `spruce prune` options (and `--seed`): `{arguments}`"])
+    lines.extend(["", f"Its `spruce {spec.command}` options (and `--seed`): `{arguments}`"])
     contexts: dict[str, list[Config]] = {}
     for config in finished:
         contexts.setdefault(config.context, []).append(config)
-    if len(contexts) > 1:
+    if len(contexts) > 1 and spec.command == "prune":
         # Other axes (data budget, sparsity, ...) vary: the winner may differ per value.
         lines.extend(["", "Best per setting of the other axes:", ""])
         lines.append(f"| setting | best | {spec.metric} | n | none | Δ vs none |")
@@ -290,13 +307,21 @@ def _baseline(config: Config, finished: Sequence[Config]) -> Config | None:
 def _all_configs(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
     names = spec.axis_options
     lines = ["## All configurations", "", "Sorted by mean; options dropped by a coupling: -.", ""]
-    lines.append("| " + " | ".join([*names, "n", spec.metric, "failed"]) + " |")
-    lines.append("|" + "---|" * (len(names) + 3))
+    adapters = any(c.learned for c in configs)
+    extra = ["learned params", "task file bytes"] if adapters else []
+    lines.append("| " + " | ".join([*names, "n", spec.metric, *extra, "failed"]) + " |")
+    lines.append("|" + "---|" * (len(names) + 3 + len(extra)))
     ordered = sorted(configs, key=lambda c: -statistics.fmean(c.values) if c.values else 1.0)
     for c in ordered:
         cells = [_show(c.axes[name]) if name in c.axes else "-" for name in names]
         shown = _mean_std(c.values) if c.values else "—"
-        lines.append(f"| {' | '.join([*cells, str(len(c.values)), shown, str(c.failed)])} |")
+        sizes = (
+            [f"{statistics.fmean(c.learned):,.0f}", f"{statistics.fmean(c.task_bytes):,.0f}"]
+            if adapters and c.learned
+            else ["—"] * len(extra)
+        )
+        row = [*cells, str(len(c.values)), shown, *sizes, str(c.failed)]
+        lines.append(f"| {' | '.join(row)} |")
     return [*lines, ""]
 
 
