@@ -80,4 +80,4 @@ def test_gradient_criteria_require_gradients(model_and_batch):
     model.zero_grad(set_to_none=True)
     with pytest.raises(ValueError, match="needs accumulated gradients"):
         CRITERIA["gradient"]()(model)
-    assert set(CRITERIA) == {"weight", "gradient", "taylor"}
+    assert set(CRITERIA) == {"weight", "gradient", "taylor", "lrp"}

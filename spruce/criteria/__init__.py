@@ -2,16 +2,18 @@
 
 from spruce.criteria.base import Importance
 from spruce.criteria.gradient import GradientImportance, TaylorImportance, accumulate_gradients
+from spruce.criteria.lrp import LRPImportance
 from spruce.criteria.magnitude import WeightImportance
 
 CRITERIA: dict[str, type[Importance]] = {
-    cls.name: cls for cls in (WeightImportance, GradientImportance, TaylorImportance)
+    cls.name: cls for cls in (WeightImportance, GradientImportance, TaylorImportance, LRPImportance)
 }
 
 __all__ = [
     "CRITERIA",
     "GradientImportance",
     "Importance",
+    "LRPImportance",
     "TaylorImportance",
     "WeightImportance",
     "accumulate_gradients",

@@ -1,0 +1,61 @@
+"""CNN support: image data, pre-trained CNNs, channel importance and progressive pruning.
+
+Data flows one way, as for the transformers: :func:`load_images` -> :func:`load_cnn` ->
+a channel criterion (:data:`CHANNEL_CRITERIA`) -> :func:`prune_cnn`, which uses
+torch-pruning's dependency graph for the coupled channels and the physical removal.
+"""
+
+from spruce.vision.channels import (
+    CHANNEL_CRITERIA,
+    ChannelGradientImportance,
+    ChannelImportance,
+    ChannelLRPImportance,
+    ChannelTaylorImportance,
+    ChannelWeightImportance,
+    accumulate_cnn_gradients,
+)
+from spruce.vision.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, load_images
+from spruce.vision.efficientnet_lite import EfficientNetLite, StageSpec
+from spruce.vision.models import CNN_NAMES, classifier_of, input_normalization, load_cnn
+from spruce.vision.pruner import (
+    CNNPruneResult,
+    RoundReport,
+    apply_plan,
+    build_graph,
+    channel_groups,
+    mask_channels,
+    plan_pruning,
+    prunable_parameter_count,
+    prune_cnn,
+    replay_pruning,
+)
+
+__all__ = [
+    "CHANNEL_CRITERIA",
+    "CNN_NAMES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CNNPruneResult",
+    "ChannelGradientImportance",
+    "ChannelImportance",
+    "ChannelLRPImportance",
+    "ChannelTaylorImportance",
+    "ChannelWeightImportance",
+    "EfficientNetLite",
+    "ImageDataset",
+    "RoundReport",
+    "StageSpec",
+    "accumulate_cnn_gradients",
+    "apply_plan",
+    "build_graph",
+    "channel_groups",
+    "classifier_of",
+    "input_normalization",
+    "load_cnn",
+    "load_images",
+    "mask_channels",
+    "plan_pruning",
+    "prunable_parameter_count",
+    "prune_cnn",
+    "replay_pruning",
+]
