@@ -273,7 +273,11 @@ def test_example_grids_expand(tmp_path: Path) -> None:
     # The transfer options are described here until spruce prune has them all.
     table = {**TABLE, **prune_options()}
     sst2 = load_grid(REPO / "examples" / "grids" / "sst2-transfer.yaml", table)
-    assert len(expand(sst2)) == 12 * 3
+    assert len(expand(sst2)) == 7 * 3
+    counts = {"sst2-schedule": 5, "sst2-examples": 8, "rte-examples": 8}
+    for name, configurations in counts.items():
+        spec = load_grid(REPO / "examples" / "grids" / f"{name}.yaml", table)
+        assert len(expand(spec)) == configurations * 3, name
     rte = load_grid(REPO / "examples" / "grids" / "rte-transfer.yaml", table)
     runs = expand(rte)
     assert len(runs) == 7 * 3

@@ -80,7 +80,9 @@ def test_canonical_options_drop_what_a_coupling_ignores():
     }
     assert "aux-schedule" not in canonical_prune_options({**base, "coupling": "sequential"})
     assert "transfer" not in canonical_prune_options({**base, "coupling": "tied"})
-    assert canonical_prune_options({**base, "coupling": "joint"})["transfer"] == "masks"
+    # Joint coupling shares the encoder anyway: masks and both both mean shared gates.
+    assert canonical_prune_options({**base, "coupling": "joint"})["transfer"] == "both"
+    assert canonical_prune_options({**base, "coupling": "sequential"})["transfer"] == "masks"
 
 
 # -- data and heads ------------------------------------------------------------------

@@ -9,8 +9,8 @@
   ``tie_strength * mean((P_target - P_aux)^2)`` per unit type).
 * **What** (``transfer``): for ``sequential``, which of the auxiliary stage's encoder
   weights and gates start the target stage (``weights``, ``masks``, ``both``); for
-  ``joint``, whether the tasks share gates (``masks``/``both``) or each has its own
-  (``weights``: only the encoder is shared). ``tied`` always has separate gates.
+  ``joint``, whether the tasks share gates (``masks`` and ``both``, the same thing) or
+  each has its own (``weights``: only the encoder is shared). ``tied`` always has separate gates.
 * **When** (``schedule``): the auxiliary loss weight over the target's steps:
   ``constant``, ``prune-only`` (none in the final fine-tune), ``linear-decay`` (1 -> 0
   over pruning and final fine-tune), ``warmup:K`` (only the first K steps),
@@ -168,8 +168,9 @@ class TransferConfig:
     def canonical(self) -> TransferConfig:
         """The same behaviour with the settings that do not apply reset to defaults, so two
         configurations that run identically compare (and hash) equal: ``none`` ignores
-        everything, ``sequential`` has no schedule, ``tied`` no transfer choice, and only
-        ``tied`` uses ``tie_strength``."""
+        everything, ``sequential`` has no schedule, ``tied`` no transfer choice, ``joint``
+        with ``masks`` is ``joint`` with ``both`` (shared gates), and only ``tied`` uses
+        ``tie_strength``."""
         defaults = TransferConfig()
         if self.coupling == "none":
             return replace(defaults, aux=())
@@ -180,7 +181,9 @@ class TransferConfig:
             canonical = replace(canonical, aux_steps=None)
         if self.coupling == "tied":
             canonical = replace(canonical, transfer="weights")
-        else:
+        elif self.coupling == "joint" and self.transfer == "masks":
+            canonical = replace(canonical, transfer="both")  # both mean: shared gates
+        if self.coupling != "tied":
             canonical = replace(canonical, tie_strength=defaults.tie_strength)
         return canonical
 
@@ -255,4 +258,7 @@ def canonical_prune_options(options: Mapping[str, Any]) -> dict[str, Any]:
     behaviour once (``none`` once per seed, not once per transfer and schedule)."""
     coupling = str(options.get("coupling", TransferConfig.coupling))
     ignored = _IGNORED_OPTIONS.get(coupling, ())
-    return {key: value for key, value in options.items() if key not in ignored}
+    kept = {key: value for key, value in options.items() if key not in ignored}
+    if coupling == "joint" and kept.get("transfer") == "masks":
+        kept["transfer"] = "both"  # joint shares the encoder either way: both = shared gates
+    return kept
