@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from spruce.cli import data, demo, evaluate, finetune, grid, prune
+from spruce.cli import adapt, bank, data, demo, evaluate, finetune, grid, prune
 from spruce.cli.parsing import Parser
 from spruce.errors import SpruceError
 
@@ -19,7 +19,7 @@ def build_parser() -> Parser:
     subparsers = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    for command in (finetune, prune, evaluate, demo, data, grid):
+    for command in (finetune, prune, adapt, bank, evaluate, demo, data, grid):
         command.register(subparsers)
     return parser
 

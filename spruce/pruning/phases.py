@@ -44,6 +44,7 @@ class PhaseResult:
 
 AuxLoss = Callable[[PreTrainedModel, GateSwitch], tuple[torch.Tensor | None, dict[str, float]]]
 CouplingPenalty = Callable[[EncoderGates, Mapping[str, EncoderGates]], torch.Tensor]
+ScoringContext = Callable[[PreTrainedModel], contextlib.AbstractContextManager]
 
 
 @dataclass
@@ -176,17 +177,26 @@ def score_and_prune(
     device: torch.device,
     progress: bool,
     extra_optimizers: Sequence[torch.optim.Optimizer] = (),
+    criterion: str | None = None,
+    scoring_context: ScoringContext | None = None,
 ) -> PhaseResult:
     """Iterative structured pruning by ``prune.method``; one round is one-shot pruning
-    (the final fine-tune of the compact model then recovers accuracy)."""
-    criterion = CRITERIA["weight" if prune.method == "magnitude" else prune.method]()
+    (the final fine-tune of the compact model then recovers accuracy).
+
+    ``criterion`` names any entry of :data:`~spruce.criteria.CRITERIA` in place of the
+    method's own; ``scoring_context(model)`` wraps each scoring pass (it is entered before
+    the masks are applied), e.g. to let criteria see adapted weights instead of adapters.
+    """
+    name = criterion or ("weight" if prune.method == "magnitude" else prune.method)
+    scorer = CRITERIA[name]()
     shape = encoder_shape(model.config)
     model.to(device)
     masks: UnitMasks | None = None
     results = []
     for round_index in range(1, prune.prune_rounds + 1):
-        with apply_masks(model, masks) if masks is not None else contextlib.nullcontext():
-            if criterion.needs_gradients:
+        view = scoring_context(model) if scoring_context else contextlib.nullcontext()
+        with view, apply_masks(model, masks) if masks is not None else contextlib.nullcontext():
+            if scorer.needs_gradients:
                 accumulate_gradients(
                     model,
                     loader,
@@ -194,7 +204,9 @@ def score_and_prune(
                     max_batches=GRADIENT_BATCHES,
                     loss_fn=lambda m, b: base_loss(m, b)[0],
                 )
-            scores = criterion(model)
+            if getattr(scorer, "needs_relevance", False):
+                scorer.accumulate(model, loader, device, max_batches=GRADIENT_BATCHES)
+            scores = scorer(model)
             model.zero_grad(set_to_none=True)
         target = prune.target_sparsity * round_index / prune.prune_rounds
         masks = select_units(
@@ -216,7 +228,7 @@ def score_and_prune(
                     keep_best=False,
                     device=device,
                     progress=progress,
-                    description=f"prune ({prune.method}) round {round_index}",
+                    description=f"prune ({criterion or prune.method}) round {round_index}",
                 )
                 results.append(trainer.fit())
     assert masks is not None

@@ -1,0 +1,321 @@
+"""``spruce adapt``: Structured Pruning Adapters on a transformer (METHODS.md section 3).
+
+Adapt mode: the base stays frozen; adapters, task biases and the head learn while units
+are pruned (progressively by a criterion, or by learned ``l0`` masks); the result is fused
+into one compact model, and the per-task file (``task.safetensors``) holds only the
+task's own tensors. Fine-prune mode (``--fine-prune``, the paper's baseline): the same
+pruning with every weight learning and no adapter.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from spruce.adapters import AdapterConfig, find_adapters
+from spruce.compact import apply_masks, check_onnx, compact_model, export_onnx, save_pruned
+from spruce.compact.vocab import directory_bytes
+from spruce.masks.accounting import (
+    dense_encoder_params,
+    encoder_params_from_masks,
+    structure_from_masks,
+)
+from spruce.masks.units import UnitMasks
+from spruce.models import encoder_shape, load_classifier
+from spruce.pipelines.common import (
+    RunSettings,
+    begin_run,
+    build_loaders,
+    evaluate_splits,
+    record_task,
+    report_header,
+)
+from spruce.pruning.config import PruneConfig
+from spruce.pruning.phases import PhaseResult, learn_l0_masks, phase_config, score_and_prune
+from spruce.report import count_parameters, plot_learning_curve, write_report
+from spruce.report.flops import flops_summary
+from spruce.report.latency import measure_latency_table
+from spruce.report.structure_plot import plot_structure_heatmap
+from spruce.spa.config import LEARNED, AdaptConfig
+from spruce.spa.task_file import TENSORS_NAME, BaseReference, save_task
+from spruce.spa.wiring import (
+    ADAPT_UNITS,
+    head_parameters,
+    inject_transformer_adapters,
+    merged_plain_copy,
+    scoring_view,
+    set_unit_masks,
+)
+from spruce.train import Trainer, TrainResult, classification_loss, evaluate
+from spruce.utils.atomic import staged_output_dir
+
+__all__ = ["AdaptConfig", "AdaptRun", "run_adapt"]
+
+LATENCY_SEQ_LEN = 128
+CHECK_BATCHES = 4  # real batches on which the masked and the fused model are compared
+
+
+@dataclass
+class AdaptRun(RunSettings):
+    """One ``spruce adapt``: the shared run settings plus adapter and pruning settings."""
+
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+
+
+def run_adapt(run: AdaptRun) -> dict[str, Any]:
+    start = time.perf_counter()
+    settings = run.adapt.validate()
+    device, task = begin_run(run)
+    model, tokenizer, source = load_classifier(run.model, task.label_names)
+    loaders = build_loaders(task, tokenizer, run.train, run.max_length)
+    dense_reference = copy.deepcopy(model).eval()
+    dense_shape = encoder_shape(model.config)
+    adapter = None if settings.fine_prune else settings.adapter_config()
+    base = None
+    if adapter is not None:
+        inject_transformer_adapters(model, adapter)
+        base = BaseReference.of(model, run.model, source)
+    model.to(device)
+
+    phase = _prune(run, model, loaders["train"], device, adapted=adapter is not None)
+    masks = phase.masks.detach()
+    if adapter is not None:
+        set_unit_masks(model, masks)
+    final = _final_fine_tune(run, model, masks, loaders, device)
+    model.eval()
+    with apply_masks(model, masks):
+        masked_metrics = evaluate_splits(model, loaders, device)
+    record_task(model, task, run.max_length)
+    compact = compact_model(merged_plain_copy(model) if adapter else model, masks)
+    split_metrics = evaluate_splits(compact, loaders, device)
+    fused_diff = _fused_difference(model, compact, masks, loaders, device)
+
+    report = report_header(
+        "adapt", task, source, run.train.metric, split_metrics, run.train.seed, device
+    )
+    seq_len = min(LATENCY_SEQ_LEN, dense_reference.config.max_position_embeddings - 2)
+    params, dense_params = count_parameters(compact), count_parameters(dense_reference)
+    encoder_kept = encoder_params_from_masks(masks, dense_shape)
+    encoder_dense = dense_encoder_params(dense_shape)
+    unit_bits = sum(value.numel() for _, value in masks.items())
+    wrappers = find_adapters(model).values()
+    report.update(
+        {
+            "mode": settings.mode,
+            "adapter": None if adapter is None else adapter.to_dict(),
+            "criterion": settings.criterion,
+            "units": list(ADAPT_UNITS if settings.criterion == LEARNED else ("head", "ffn_neuron")),
+            "target_sparsity": settings.target_sparsity,
+            "sparsity": {
+                "encoder": round(1 - encoder_kept / encoder_dense, 6),
+                "total": round(1 - params["total"] / dense_params["total"], 6),
+            },
+            "params": {
+                **params,
+                "dense_total": dense_params["total"],
+                "dense_encoder": dense_params["encoder"],
+                "encoder_weights": encoder_kept,
+                "dense_encoder_weights": encoder_dense,
+            },
+            "learned_params": (
+                sum(w.learned_parameters() for w in wrappers)
+                + sum(p.numel() for p in head_parameters(model).values())
+                if adapter is not None
+                else params["total"]
+            ),
+            "mask_bits": unit_bits + sum(w.mask_bits() for w in wrappers),
+            "structure": structure_from_masks(masks, dense_shape),
+            "flops": flops_summary(
+                dense_shape, encoder_shape(compact.config), seq_len, task.num_labels
+            ),
+            "masked_metrics": masked_metrics,
+            "fused_max_abs_diff": fused_diff,
+            "phases": {
+                "prune": [_phase_summary(r) for r in phase.results],
+                "final": _phase_summary(final),
+            },
+            "config": {
+                "adapt": settings.to_dict(),
+                "train": run.train.to_dict(),
+                "data": asdict(run.data),
+                "max_length": run.max_length,
+            },
+        }
+    )
+    if settings.measure_latency:
+        report["latency_ms"] = measure_latency_table(
+            {"dense": dense_reference.cpu(), "pruned": compact.cpu()},
+            batch_sizes=(1, 32),
+            seq_len=seq_len,
+            threads=run.threads,
+            repeats=settings.latency_repeats,
+        )
+    texts = [t if isinstance(t, str) else t[0] for t in itertools.islice(_texts(task), 16)]
+    outcome = _Outcome(model, masks, base, adapter, compact, tokenizer, dense_reference, final)
+    if run.out is not None:
+        with staged_output_dir(Path(run.out), run.overwrite) as staging:
+            _write_outputs(run, report, staging, outcome, texts, start)
+    else:  # sizes are still measured, on files written to a scratch directory
+        with tempfile.TemporaryDirectory() as scratch:
+            _write_outputs(run, report, Path(scratch), outcome, texts, start)
+    report["wall_time_s"] = round(time.perf_counter() - start, 2)
+    return report
+
+
+def _steps(epochs: float, loader: DataLoader, cap: int | None) -> int:
+    """Optimizer steps of a phase: its epochs, capped by ``--max-steps``."""
+    steps = max(1, math.ceil(epochs * len(loader)))
+    return min(steps, cap) if cap else steps
+
+
+def _prune(
+    run: AdaptRun, model: PreTrainedModel, loader: DataLoader, device, adapted: bool
+) -> PhaseResult:
+    settings, cap = run.adapt, run.train.max_steps
+    per_round = _steps(settings.epochs_per_round, loader, cap)
+    prune = PruneConfig(
+        method="l0" if settings.criterion == LEARNED else "taylor",  # taylor: see criterion=
+        target_sparsity=settings.target_sparsity,
+        units=ADAPT_UNITS if settings.criterion == LEARNED else None,
+        prune_epochs=settings.epochs_per_round * settings.prune_rounds,
+        prune_rounds=settings.prune_rounds,
+        sparsity_warmup=settings.sparsity_warmup,
+        lr_gates=settings.lr_gates,
+        lr_lambda=settings.lr_lambda,
+        size_multiple=settings.size_multiple,
+    ).validate()
+    if settings.criterion == LEARNED:
+        # One phase as long as all rounds together; hidden stays whole (shared base).
+        steps = _steps(prune.prune_epochs, loader, cap)
+        prune = replace(prune, prune_max_steps=steps)
+        return learn_l0_masks(
+            model, loader, run.train, prune, classification_loss, None, device, run.progress
+        )
+    prune = replace(prune, prune_max_steps=per_round * settings.prune_rounds)
+    return score_and_prune(
+        model,
+        loader,
+        run.train,
+        prune,
+        classification_loss,
+        device,
+        run.progress,
+        criterion=settings.criterion,
+        scoring_context=scoring_view if adapted else None,
+    )
+
+
+def _final_fine_tune(
+    run: AdaptRun, model: PreTrainedModel, masks: UnitMasks, loaders, device
+) -> TrainResult:
+    """Train with the structure fixed; the weights that score best on validation stay."""
+    steps = _steps(run.adapt.final_epochs, loaders["train"], run.train.max_steps)
+    config = phase_config(run.train, run.adapt.final_epochs, steps)
+    config = replace(config, patience=run.train.patience)
+    with apply_masks(model, masks):
+        validation = loaders.get("validation")
+        return Trainer(
+            model,
+            loaders["train"],
+            config,
+            evaluate=(lambda: evaluate(model, validation, device)) if validation else None,
+            device=device,
+            progress=run.progress,
+            description="final fine-tune",
+        ).fit()
+
+
+@torch.no_grad()
+def _fused_difference(model, compact, masks: UnitMasks, loaders, device) -> float:
+    """Largest |logit difference| between the masked model and the fused compact one."""
+    loader = loaders.get("test") or loaders.get("validation") or loaders["train"]
+    worst = 0.0
+    with apply_masks(model, masks):
+        for batch in itertools.islice(loader, CHECK_BATCHES):
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            difference = model(**inputs).logits - compact(**inputs).logits
+            worst = max(worst, float(difference.abs().max()))
+    return worst
+
+
+@dataclass
+class _Outcome:
+    """What a run leaves behind, for the output files."""
+
+    model: PreTrainedModel  # the adapted (or fine-pruned) full-size model
+    masks: UnitMasks
+    base: BaseReference | None
+    adapter: AdapterConfig | None
+    compact: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    dense: PreTrainedModel
+    final: TrainResult
+
+
+def _write_outputs(
+    run: AdaptRun, report: dict, staging: Path, out: _Outcome, texts: list[str], start: float
+) -> None:
+    save_pruned(out.compact, out.tokenizer, staging / "model")
+    with tempfile.TemporaryDirectory() as scratch:
+        out.dense.save_pretrained(scratch)
+        base_bytes = sum(p.stat().st_size for p in Path(scratch).glob("*.safetensors"))
+    report["base_model_bytes"] = base_bytes
+    report["bytes_on_disk"] = {"dense": base_bytes, "pruned": directory_bytes(staging / "model")}
+    if out.adapter is not None:
+        assert out.base is not None
+        save_task(staging, out.model, out.masks, out.base, out.adapter)
+        report["task_file_bytes"] = (staging / TENSORS_NAME).stat().st_size
+    else:
+        report["task_file_bytes"] = report["bytes_on_disk"]["pruned"]
+    if run.out is None:
+        return
+    if run.adapt.export_onnx:
+        path = export_onnx(out.compact, out.tokenizer, staging / "model.onnx")
+        difference = check_onnx(path, out.compact, out.tokenizer, texts, run.max_length)
+        report["onnx"] = {"max_abs_diff": difference}
+    shape = encoder_shape(out.dense.config)
+    plot_structure_heatmap(
+        report["structure"],
+        {"hidden": shape.hidden_size, "layers": shape.to_dict()["layers"]},
+        staging / "structure.png",
+        title=f"{report['task']}: {report['sparsity']['encoder']:.0%} encoder sparsity "
+        f"({report['mode']}, {report['criterion']})",
+    )
+    plot_learning_curve(
+        out.final.losses,
+        out.final.evaluations,
+        run.train.metric,
+        staging / "learning_curve.png",
+        title=f"{report['task']}: final fine-tune with the structure fixed",
+    )
+    report["wall_time_s"] = round(time.perf_counter() - start, 2)
+    write_report(report, staging / "report.json")
+
+
+def _texts(task):
+    for split in (task.train, task.validation, task.test):
+        if split is None:
+            continue
+        if "text_b" in split.column_names:
+            yield from zip(split["text_a"], split["text_b"], strict=True)
+        else:
+            yield from split["text_a"]
+
+
+def _phase_summary(result: TrainResult) -> dict[str, Any]:
+    return {
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "train_time_s": round(result.wall_time_s, 2),
+        "evaluations": result.evaluations,
+    }
