@@ -13,17 +13,13 @@ from torch import nn
 from spruce.adapters import AdapterConfig, find_adapters
 from spruce.errors import SpruceError
 from spruce.vision import CHANNEL_CRITERIA, EfficientNetLite, StageSpec, load_cnn
-from spruce.vision.adapt import (
-    CNNAdaptConfig,
-    adapt_cnn,
-    classifier_name,
-    learned_parameters,
+from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
+from spruce.vision.adapt_model import adapt_cnn, classifier_name, learned_parameters, train_mode
+from spruce.vision.artifacts import (
     load_compact,
     load_task,
-    run_cnn_adapt,
     save_compact,
     save_task,
-    train_mode,
 )
 from spruce.vision.masking import (
     ChannelPlan,

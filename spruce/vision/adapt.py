@@ -22,315 +22,53 @@ ONNX), and in adapt mode the task alone is saved as ``task.safetensors`` + ``tas
 from __future__ import annotations
 
 import copy
-import json
-import math
-import os
-import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save, save_file
-from torch import Tensor, nn
+from safetensors.torch import save
+from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from spruce.adapters import (
     AdapterConfig,
-    SPAdapterLayer,
-    adapter_state,
-    find_adapters,
-    inject_adapters,
-    load_adapter_state,
 )
 from spruce.errors import SpruceError
 from spruce.report.writer import write_report
 from spruce.train.seeding import seed_everything
 from spruce.utils.atomic import check_output_dir, staged_output_dir
+from spruce.vision.adapt_model import (
+    adapt_cnn,
+    classifier_name,
+    evaluate_cnn,
+    fit_cnn,
+    learned_parameters,
+)
+from spruce.vision.artifacts import (
+    MODEL_ONNX,
+    MODEL_WEIGHTS,
+    TASK_WEIGHTS,
+    export_cnn_onnx,
+    save_compact,
+    save_task,
+)
 from spruce.vision.channels import CHANNEL_CRITERIA
 from spruce.vision.data import load_images
-from spruce.vision.efficientnet_lite import SameConv2d
 from spruce.vision.masking import (
-    ChannelMasks,
     ChannelPlan,
     PlanStep,
-    _Plumbing,
     active_masks,
     apply_channel_plan,
     extend_plan,
     fuse_pruned,
 )
-from spruce.vision.models import classifier_of, input_normalization, load_cnn
-from spruce.vision.pruner import prunable_parameter_count, replay_pruning
-
-TASK_WEIGHTS, TASK_META = "task.safetensors", "task.json"
-MODEL_WEIGHTS, MODEL_META, MODEL_ONNX = "model.safetensors", "model.json", "model.onnx"
-_PLAIN_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward, nn.Linear.forward)
+from spruce.vision.measure import cnn_flops, cnn_latency_ms
+from spruce.vision.models import input_normalization, load_cnn
+from spruce.vision.pruner import prunable_parameter_count
 
 
-# ----- adapters in a CNN ------------------------------------------------------------------
-class _SamePadding(_Plumbing):
-    """TensorFlow "SAME" padding in front of an adapter around a :class:`SameConv2d`: the
-    adapter calls the conv's ``_conv_forward``, which skips the padding its forward adds."""
-
-    def __init__(self, conv: SameConv2d) -> None:
-        self.kernel, self.stride = conv.kernel_size, conv.stride
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        x, pads = args[0], []
-        for size, k, s in zip(
-            reversed(x.shape[-2:]), self.kernel[::-1], self.stride[::-1], strict=True
-        ):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        return (F.pad(x, pads), *args[1:])
-
-
-def classifier_name(model: nn.Module) -> str:
-    """Module name of the classifier (:func:`~spruce.vision.classifier_of`)."""
-    head = classifier_of(model)
-    return next(name for name, module in model.named_modules() if module is head)
-
-
-def adapt_cnn(
-    model: nn.Module, config: AdapterConfig, classifier: str
-) -> dict[str, SPAdapterLayer]:
-    """Adapters in every convolution of ``model`` (in place); ``classifier`` stays trainable
-    and un-adapted, everything else is frozen. Returns the adapter layers by name."""
-    config = copy.deepcopy(config)
-    config.trainable = sorted({*(config.trainable or []), classifier})
-    for name, module in model.named_modules():
-        custom = isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, SameConv2d)
-        if custom and type(module).forward not in _PLAIN_FORWARDS:
-            raise SpruceError(
-                f"'{name}' is a {type(module).__name__} with its own forward, which an adapter "
-                "would bypass",
-                "use a model built from plain nn.Conv*d layers (or EfficientNet-Lite)",
-            )
-    layers = inject_adapters(model, config)
-    for layer in layers.values():
-        if isinstance(layer.base_layer, SameConv2d) and layer.base_layer._dynamic:
-            layer.register_forward_pre_hook(_SamePadding(layer.base_layer))
-    return layers
-
-
-def train_mode(model: nn.Module, freeze_batchnorm: bool) -> nn.Module:
-    """``model.train()``, with BatchNorm left in eval mode when it belongs to a shared base."""
-    model.train()
-    if freeze_batchnorm:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-    return model
-
-
-def learned_parameters(model: nn.Module, classifier: str, masks: ChannelMasks | None) -> int:
-    """Per-task learned numbers of an adapted model: surviving adapter entries and biases
-    (each layer's ``learned_parameters()``) plus the classifier's kept inputs and bias."""
-    head = model.get_submodule(classifier)
-    kept = int(masks.input_keep(classifier, head.in_features).sum()) if masks else head.in_features
-    own = head.out_features * kept + (head.bias.numel() if head.bias is not None else 0)
-    return own + sum(layer.learned_parameters() for layer in find_adapters(model).values())
-
-
-# ----- the per-task file ------------------------------------------------------------------
-def save_task(model: nn.Module, directory: str | Path, meta: dict[str, Any]) -> Path:
-    """Write the task's own tensors (no base tensor) and its channel plan.
-
-    ``task.safetensors``: every adapter's task state (kept factor rows/columns, kept bias,
-    bit-packed masks) under ``adapter.``, the classifier's kept input columns and bias
-    under ``classifier.``. ``task.json``: ``meta`` (must name ``classifier``) plus the plan.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    masks = active_masks(model)
-    name = meta["classifier"]
-    head = model.get_submodule(name)
-    keep = masks.input_keep(name, head.in_features) if masks else torch.ones(head.in_features) > 0
-    tensors = {f"adapter.{k}": v.contiguous() for k, v in adapter_state(model).items()}
-    tensors["classifier.weight"] = head.weight.detach()[:, keep].contiguous()
-    if head.bias is not None:
-        tensors["classifier.bias"] = head.bias.detach().clone()
-    save_file(tensors, str(directory / TASK_WEIGHTS))
-    plan = masks.plan if masks else ChannelPlan()
-    text = json.dumps({"format": "spruce-cnn-task/1", **meta, "plan": plan.to_json()})
-    (directory / TASK_META).write_text(text + "\n", encoding="utf-8")
-    return directory / TASK_WEIGHTS
-
-
-@torch.no_grad()
-def load_task(model: nn.Module, directory: str | Path) -> ChannelMasks:
-    """Switch an adapted model (same base, same adapters) to the task saved in ``directory``:
-    its masks, adapter tensors and classifier. Returns the masks now in place."""
-    directory = Path(directory)
-    if not (directory / TASK_META).is_file() or not (directory / TASK_WEIGHTS).is_file():
-        raise SpruceError(f"{directory} holds no {TASK_META} and {TASK_WEIGHTS}", "save_task first")
-    meta = json.loads((directory / TASK_META).read_text(encoding="utf-8"))
-    tensors = load_file(str(directory / TASK_WEIGHTS))
-    masks = apply_channel_plan(model, ChannelPlan.from_json(meta.get("plan", [])))
-    adapters = {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
-    load_adapter_state(model, adapters)
-    name = meta["classifier"]
-    head = model.get_submodule(name)
-    keep = masks.input_keep(name, head.in_features)
-    weight = tensors["classifier.weight"]
-    if weight.shape != (head.out_features, int(keep.sum())):
-        raise SpruceError(
-            f"the task's classifier has shape {tuple(weight.shape)}, the model's kept part is "
-            f"{(head.out_features, int(keep.sum()))}",
-            "load a task trained on the same base model with the same number of classes",
-        )
-    head.weight.zero_()
-    head.weight[:, keep] = weight.to(head.weight)
-    if head.bias is not None:
-        head.bias.copy_(tensors["classifier.bias"])
-    return masks
-
-
-# ----- the compact model ------------------------------------------------------------------
-def save_compact(model: nn.Module, directory: Path, meta: dict[str, Any]) -> Path:
-    """``model.safetensors`` + ``model.json``: ``meta`` needs ``model``, ``num_classes``,
-    ``image_size``, ``history`` and ``added_biases`` for :func:`load_compact`."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / MODEL_WEIGHTS))
-    meta = {"format": "spruce-cnn-compact/1", **meta}
-    (directory / MODEL_META).write_text(json.dumps(meta) + "\n", encoding="utf-8")
-    return directory / MODEL_WEIGHTS
-
-
-def load_compact(directory: str | Path) -> nn.Module:
-    """Rebuild a saved compact CNN: the dense architecture, the biases the adapters added,
-    the recorded channel removal (:func:`~spruce.vision.replay_pruning`), then the weights."""
-    directory = Path(directory)
-    if not (directory / MODEL_META).is_file():
-        raise SpruceError(f"{directory} holds no {MODEL_META}", "pass an output folder of a run")
-    meta = json.loads((directory / MODEL_META).read_text(encoding="utf-8"))
-    model = load_cnn(meta["model"], int(meta["num_classes"]))
-    for name in meta["added_biases"]:
-        conv = model.get_submodule(name)
-        conv.bias = nn.Parameter(torch.zeros(conv.weight.shape[0]))
-    size = int(meta["image_size"])
-    with torch.enable_grad():  # torch-pruning traces through autograd
-        replay_pruning(model, torch.zeros(1, 3, size, size), meta["history"])
-    model.load_state_dict(load_file(str(directory / MODEL_WEIGHTS)), strict=True)
-    return model.eval()
-
-
-def export_cnn_onnx(model: nn.Module, path: Path, image_size: int) -> float:
-    """Export ``model`` (dynamic batch axis) and return onnxruntime's largest absolute
-    difference from PyTorch on a batch of a different size than the traced one."""
-    import onnxruntime
-
-    model.eval()
-    handle, temp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
-            torch.onnx.export(
-                model,
-                (torch.zeros(2, 3, image_size, image_size),),
-                temp,
-                input_names=["pixel_values"],
-                output_names=["logits"],
-                dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-    images = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"pixel_values": images.numpy()})
-    with torch.no_grad():
-        reference = model(images).numpy()
-    return float(np.abs(logits - reference).max())
-
-
-# ----- measurements -----------------------------------------------------------------------
-@torch.no_grad()
-def cnn_latency_ms(model: nn.Module, batch_size: int, image_size: int, repeats: int = 10) -> float:
-    """Median wall-clock ms of one eval-mode forward pass (3 warm-up calls first)."""
-    model.eval()
-    images = torch.randn(batch_size, 3, image_size, image_size)
-    for _ in range(3):
-        model(images)
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        model(images)
-        times.append(time.perf_counter() - start)
-    return round(float(np.median(times)) * 1000.0, 4)
-
-
-@torch.no_grad()
-def cnn_flops(model: nn.Module, image_size: int) -> int:
-    """FLOPs of one image (2 per multiply-accumulate, convolutions and linear layers only)."""
-    macs = [0]
-
-    def count(module: nn.Module, args: tuple, out: Tensor) -> None:
-        per_output = module.weight[0].numel()  # in/groups * kernel, or in_features
-        macs[0] += out[0].numel() * per_output
-
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
-    hooks = [m.register_forward_hook(count) for m in layers]
-    try:
-        model.eval()(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return 2 * macs[0]
-
-
-def _fit(model, loader, optimizer, epochs, max_steps, freeze_bn, progress, desc) -> dict:
-    """Plain AdamW steps over ``epochs`` of ``loader`` (at most ``max_steps``)."""
-    total = epochs * len(loader) if max_steps is None else min(epochs * len(loader), max_steps)
-    stats = {"steps": 0, "loss": None, "accuracy": None}
-    if total <= 0:
-        return stats
-    train_mode(model, freeze_bn)
-    loss_sum, hits, seen = 0.0, 0, 0
-    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
-        while stats["steps"] < total:
-            for images, labels in loader:
-                optimizer.zero_grad(set_to_none=True)
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(labels)
-                hits += int((logits.argmax(1) == labels).sum())
-                seen += len(labels)
-                stats["steps"] += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}")
-                if stats["steps"] >= total:
-                    break
-    model.eval()
-    return {**stats, "loss": loss_sum / seen, "accuracy": hits / seen}
-
-
-@torch.no_grad()
-def evaluate_cnn(model: nn.Module, loader: DataLoader) -> dict[str, float]:
-    """Accuracy and mean cross-entropy, eval mode."""
-    model.eval()
-    loss, hits, seen = 0.0, 0, 0
-    for images, labels in loader:
-        logits = model(images)
-        loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        hits += int((logits.argmax(1) == labels).sum())
-        seen += len(labels)
-    return {"accuracy": hits / seen, "loss": loss / seen, "examples": seen}
-
-
-# ----- the pipeline -----------------------------------------------------------------------
 @dataclass
 class CNNAdaptConfig:
     """One task: data, schedule, pruning and adapter settings (see the module docstring).
@@ -463,7 +201,7 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
 
     def fit(epochs: int, desc: str) -> dict:
-        return _fit(
+        return fit_cnn(
             model, loader, optimizer, epochs, config.max_steps, adapt, config.progress, desc
         )
 
