@@ -332,3 +332,23 @@ def test_config_errors_are_user_errors(tmp_path):
         CNNAdaptConfig(train="x", out=tmp_path, target_sparsity=1.0).validate()
     with pytest.raises(SpruceError, match="rank"):
         CNNAdaptConfig(train="x", out=tmp_path, rank=0).validate()
+
+
+def test_spruce_adapt_runs_cnns_on_image_data(tmp_path, capsys):
+    from spruce.cli.main import main
+
+    _write_npz(tmp_path / "train.npz", 16, 0)
+    _write_npz(tmp_path / "test.npz", 6, 1)
+    argv = ["adapt", "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"),
+            "--criterion", "weight", "--target-sparsity", "0.3", "--prune-rounds", "1",
+            "--max-steps", "1", "--batch-size", "8", "--latency-repeats", "1", "--quiet",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    assert "efficientnet-lite0 (adapt, weight): test accuracy" in capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["model"] == "efficientnet-lite0" and report["config"]["lr"] == 1e-3
+    bad = [*argv[:-2], "--criterion", "l0", "--out", str(tmp_path / "bad")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use weight, gradient, taylor or lrp" in err[0]
+    assert not (tmp_path / "bad").exists()

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from spruce.adapters.config import KINDS
 from spruce.cli import options
 from spruce.cli.parsing import fraction, positive_float, positive_int
+from spruce.errors import SpruceError
+from spruce.models.loading import DEFAULT_MODEL
 from spruce.pipelines.adapt import AdaptRun, run_adapt
 from spruce.spa.config import AdaptConfig, criterion_names
+from spruce.train import TrainConfig
 
-HELP = "structured pruning adapters: prune a frozen encoder per task, fuse, export"
+HELP = "structured pruning adapters: prune a frozen encoder or CNN per task, fuse, export"
+# Image tasks: these model names, a .pt/.pth state dict, or .npz / class-folder data.
+CNN_MODELS = ("efficientnet-lite0", "resnet18", "resnet50")
 
 
 def rank_value(text: str) -> int | float:
@@ -82,6 +88,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--size-multiple", type=positive_int, default=d.size_multiple)
     group.add_argument("--lr-gates", type=positive_float, default=d.lr_gates)
     group.add_argument("--lr-lambda", type=positive_float, default=d.lr_lambda)
+    group.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=32,
+        help="CNNs: images are resized to this square size (default 32)",
+    )
     group.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     group.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     group.add_argument("--latency-repeats", type=positive_int, default=d.latency_repeats)
@@ -90,7 +102,72 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handle)
 
 
+def is_image_task(args: argparse.Namespace) -> bool:
+    """CNN and image data, or an encoder and text: decided by the model name or the data."""
+    model = str(args.model or "")
+    if model in CNN_MODELS or model.endswith((".pt", ".pth")):
+        return True
+    train = Path(args.train)
+    return train.suffix.lower() == ".npz" or (
+        train.is_dir() and any(child.is_dir() for child in train.iterdir())
+    )
+
+
+def handle_image_task(args: argparse.Namespace) -> int:
+    from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
+
+    if args.criterion == "l0":
+        raise SpruceError(
+            "--criterion l0 learns masks of transformer units, not CNN channels",
+            "use weight, gradient, taylor or lrp for CNNs",
+        )
+    if args.adapter == "splopa":
+        raise SpruceError("splopa adapts linear layers only", "use splora or sppara for CNNs")
+    # The encoders' default model means "no choice made" here: the CNN default applies.
+    model = args.model if args.model not in (None, DEFAULT_MODEL) else "efficientnet-lite0"
+    config = CNNAdaptConfig(
+        train=args.train,
+        validation=args.validation,
+        test=args.test,
+        out=args.out,
+        model=model,
+        image_size=args.image_size,
+        max_train_samples=args.max_train_samples,
+        seed=args.seed,
+        epochs_per_round=max(1, round(args.epochs_per_round)),
+        epochs=max(1, round(args.final_epochs or args.epochs)),
+        batch_size=args.batch_size,
+        # The encoders' default (1e-4) is too small for a CNN's fresh classifier.
+        lr=args.learning_rate if args.learning_rate != TrainConfig().learning_rate else 1e-3,
+        criterion=args.criterion,
+        target_sparsity=args.target_sparsity,
+        rounds=args.prune_rounds,
+        adapter=args.adapter,
+        rank=args.rank,
+        scaling=args.scaling,
+        fine_prune=args.fine_prune,
+        max_steps=args.max_steps,
+        latency_repeats=args.latency_repeats,
+        threads=args.threads,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    ).validate()
+    report = run_cnn_adapt(config)
+    split = "test" if "test" in report["metrics"] else next(iter(report["metrics"]), None)
+    accuracy = report["metrics"].get(split, {}).get("accuracy") if split else None
+    shown = f"{split} accuracy {accuracy:.4f}; " if accuracy is not None else ""
+    print(
+        f"{model} ({report['mode']}, {report['criterion']}): {shown}parameter sparsity "
+        f"{report['sparsity']['achieved']:.1%}; learned {report['learned_params']:,} numbers, "
+        f"task file {report['task_file_bytes']:,} bytes"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
 def handle(args: argparse.Namespace) -> int:
+    if is_image_task(args):
+        return handle_image_task(args)
     adapt = AdaptConfig(
         adapter=args.adapter,
         rank=args.rank,
