@@ -428,3 +428,17 @@ def test_adapter_state_switches_tasks_on_one_base():
         load_adapter_state(task_b, {k: v for k, v in state.items() if k.startswith("0.")})
     with pytest.raises(SpruceError, match="matches no module"):
         load_adapter_state(task_b, {**state, "9.bias": state["0.bias"]})
+
+
+def test_inject_refuses_layers_with_a_forward_of_their_own():
+    class PaddingConv(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+    model = nn.Sequential(PaddingConv(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    with pytest.raises(SpruceError, match="forward of its own"):
+        inject_adapters(model, AdapterConfig(kind="splora", rank=2))
+    layers = inject_adapters(
+        model, AdapterConfig(kind="splora", rank=2), handled_subclasses=(PaddingConv,)
+    )
+    assert set(layers) == {"0", "2"}

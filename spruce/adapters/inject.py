@@ -107,13 +107,21 @@ def _targets(model: nn.Module, config: AdapterConfig, trainable: list[str]) -> l
 
 
 def inject_adapters(
-    model: nn.Module, config: AdapterConfig, trainable: Sequence[str] | None = None
+    model: nn.Module,
+    config: AdapterConfig,
+    trainable: Sequence[str] | None = None,
+    handled_subclasses: tuple[type, ...] = (),
 ) -> dict[str, SPAdapterLayer]:
     """Wrap the layers ``config`` targets in adapters, in place; freeze all the rest.
 
     Trainable afterwards: each adapter's own parameters (factors, per-task bias) and the
     parameters of modules matching ``config.trainable`` or ``trainable`` (those modules
     are not adapted). Returns the new adapter layers by module name.
+
+    A target whose class overrides ``forward`` (e.g. a convolution that pads its input
+    itself) is refused: the adapter computes the layer from its weight and would skip that
+    code. ``handled_subclasses`` names such classes whose extra work the caller restores
+    (:func:`spruce.vision.adapt_model.adapt_cnn` re-adds EfficientNet's "SAME" padding).
     """
     config.validate()
     if isinstance(model, (*ADAPTABLE, SPAdapterLayer)):
@@ -134,6 +142,17 @@ def inject_adapters(
             f"the model has no layer that {config.kind} can adapt",
             "check target_modules and the kind (splopa: Linear, sppara: convolutions)",
         )
+    for name in targets:
+        module = model.get_submodule(name)
+        plain = next(base for base in ADAPTABLE if isinstance(module, base))
+        if type(module).forward is not plain.forward and not isinstance(
+            module, handled_subclasses
+        ):
+            raise SpruceError(
+                f"{name} is a {type(module).__name__} with a forward of its own, which an "
+                "adapter would bypass",
+                f"adapt plain {plain.__name__} layers, or exclude it with target_modules",
+            )
     layers = {}
     for name in targets:
         parent_name, _, child = name.rpartition(".")

@@ -17,15 +17,12 @@ from spruce.adapters import (
     find_adapters,
     inject_adapters,
 )
-from spruce.errors import SpruceError
 from spruce.vision.efficientnet_lite import SameConv2d
 from spruce.vision.masking import (
     ChannelMasks,
     _Plumbing,
 )
 from spruce.vision.models import classifier_of
-
-_PLAIN_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward, nn.Linear.forward)
 
 
 class _SamePadding(_Plumbing):
@@ -58,15 +55,7 @@ def adapt_cnn(
     and un-adapted, everything else is frozen. Returns the adapter layers by name."""
     config = copy.deepcopy(config)
     config.trainable = sorted({*(config.trainable or []), classifier})
-    for name, module in model.named_modules():
-        custom = isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, SameConv2d)
-        if custom and type(module).forward not in _PLAIN_FORWARDS:
-            raise SpruceError(
-                f"'{name}' is a {type(module).__name__} with its own forward, which an adapter "
-                "would bypass",
-                "use a model built from plain nn.Conv*d layers (or EfficientNet-Lite)",
-            )
-    layers = inject_adapters(model, config)
+    layers = inject_adapters(model, config, handled_subclasses=(SameConv2d,))
     for layer in layers.values():
         if isinstance(layer.base_layer, SameConv2d) and layer.base_layer._dynamic:
             layer.register_forward_pre_hook(_SamePadding(layer.base_layer))
