@@ -93,6 +93,10 @@ class AdapterConfig:
     trainable: list[str] | None = None
 
     def validate(self) -> AdapterConfig:
+        if not isinstance(self.kind, str):
+            raise SpruceError(
+                f"adapter kind must be a name, got {self.kind!r}", f"use one of {', '.join(KINDS)}"
+            )
         if self.kind not in KINDS:
             raise SpruceError(
                 f"adapter kind '{self.kind}' is not known{_did_you_mean(self.kind, KINDS)}",
@@ -111,7 +115,9 @@ class AdapterConfig:
             patterns = getattr(self, name)
             if patterns is None:
                 continue
-            if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+            if not isinstance(patterns, list | tuple) or not all(
+                isinstance(p, str) for p in patterns
+            ):
                 raise SpruceError(
                     f"{name} must be a list of module-name patterns, got {patterns!r}",
                     'write e.g. ["query", "value"]',
@@ -126,6 +132,8 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
+        if not isinstance(data, Mapping):
+            raise SpruceError(f"an adapter config must be a mapping, got {type(data).__name__}")
         known = [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
@@ -162,5 +170,5 @@ class AdapterConfig:
 
 
 def _did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
+    close = difflib.get_close_matches(str(word), choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""

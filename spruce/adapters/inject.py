@@ -145,9 +145,7 @@ def inject_adapters(
     for name in targets:
         module = model.get_submodule(name)
         plain = next(base for base in ADAPTABLE if isinstance(module, base))
-        if type(module).forward is not plain.forward and not isinstance(
-            module, handled_subclasses
-        ):
+        if type(module).forward is not plain.forward and not isinstance(module, handled_subclasses):
             raise SpruceError(
                 f"{name} is a {type(module).__name__} with a forward of its own, which an "
                 "adapter would bypass",

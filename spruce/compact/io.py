@@ -12,7 +12,7 @@ from spruce.compact.modeling import (
     SpruceCompactConfig,
 )
 from spruce.errors import SpruceError
-from spruce.models.loading import load_tokenizer, saved_model_dir
+from spruce.models.loading import load_tokenizer, read_weights, saved_model_dir
 
 
 def save_pruned(
@@ -51,5 +51,8 @@ def load_pruned(
             "load dense fine-tuned models with spruce.models.load_saved_classifier, "
             "or compact the model first",
         )
-    model = CompactModelForSequenceClassification.from_pretrained(str(path), config=config)
+    model = read_weights(
+        lambda: CompactModelForSequenceClassification.from_pretrained(str(path), config=config),
+        path,
+    )
     return model, load_tokenizer(str(path))

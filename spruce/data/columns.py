@@ -104,7 +104,9 @@ def infer_label_names(raw_labels: Sequence[object], where: str) -> list[str]:
 
 
 def _is_int(text: str) -> bool:
-    return re.fullmatch(r"-?[0-9]+", text) is not None
+    # A bound on the digits: int() refuses strings of more than 4300, and ids that long are
+    # names (hashes, barcodes) anyway, so they stay text.
+    return re.fullmatch(r"-?[0-9]{1,100}", text) is not None
 
 
 def _label_text(value: object, where: str, row: int) -> str:

@@ -8,6 +8,7 @@ can be reported with its line number.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -55,14 +56,26 @@ def read_table(source: str | Path, split: str | None = None) -> datasets.Dataset
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+    except OSError as error:
+        raise SpruceError(f"cannot read {path}: {error.strerror}", "check the path") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise SpruceError(f"{path} is UTF-16 text, not UTF-8", "convert the file to UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise SpruceError(
             f"{path} is not UTF-8 text (byte {error.start} cannot be decoded)",
             "convert the file to UTF-8",
         ) from None
-    except OSError as error:
-        raise SpruceError(f"cannot read {path}: {error.strerror}", "check the path") from None
+    if "\x00" in text:
+        # Text files never hold NUL; UTF-16 without a BOM and binary files do.
+        raise SpruceError(
+            f"{path} contains NUL bytes (at character {text.index(chr(0))}), so it is binary "
+            "or UTF-16 rather than UTF-8 text",
+            "convert the file to UTF-8",
+        )
+    return text
 
 
 def _read_delimited(path: Path, kind: str) -> datasets.Dataset:
@@ -113,39 +126,75 @@ def _read_jsonl(path: Path) -> datasets.Dataset:
     text = _read_text(path)
     if not text.strip():
         raise SpruceError(f"{path} is empty", "give a file with one JSON object per line")
-    rows: list[dict] = []
+    rows: list[dict[str, str | None]] = []
     # str.splitlines() would also split on U+2028, form feeds etc. inside JSON strings.
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SpruceError(
-                f"{path} line {number} is not valid JSON ({error.msg})",
-                "fix that line: each line must be one JSON object",
-            ) from None
-        if not isinstance(row, dict):
-            raise SpruceError(
-                f"{path} line {number} is a JSON {type(row).__name__}, not an object",
-                'write one object per line, e.g. {"text": "...", "label": "..."}',
-            )
-        rows.append(row)
+        if line.strip():
+            rows.append(_parse_json_line(line, path, number))
     names: list[str] = []
     for row in rows:
         names.extend(name for name in row if name not in names)
-    columns = {name: [_scalar(row.get(name)) for row in rows] for name in names}
+    columns = {name: [row.get(name) for row in rows] for name in names}
     return datasets.Dataset.from_dict(columns)
 
 
-def _scalar(value: object) -> object:
+def _parse_json_line(line: str, path: Path, number: int) -> dict[str, str | None]:
+    """One JSONL line as text values, or a SpruceError that names the line."""
+
+    def bad(reason: str, fix: str = "fix that line: each line must be one JSON object"):
+        return SpruceError(f"{path} line {number} {reason}", fix)
+
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise bad(f"is not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise bad("is nested too deeply to be read", "flatten that line's values") from None
+    except ValueError:
+        # Python refuses to convert integers longer than sys.get_int_max_str_digits().
+        raise bad(
+            f"holds a number with more than {sys.get_int_max_str_digits()} digits",
+            "write it as a string in quotes",
+        ) from None
+    if not isinstance(row, dict):
+        raise bad(
+            f"is a JSON {type(row).__name__}, not an object",
+            'write one object per line, e.g. {"text": "...", "label": "..."}',
+        )
+    if "" in row:
+        raise bad("has an empty key", "name every field")
+    if any("\x00" in key for key in row):
+        # pyarrow cuts column names at NUL, and datasets then fails to match them.
+        raise bad("has a key with a NUL character (\\u0000)", "rename that field")
+    try:
+        return {_utf8(key): _scalar(value) for key, value in row.items()}
+    except RecursionError:
+        # json.dumps gives up at a smaller depth than json.loads.
+        raise bad("is nested too deeply to be read", "flatten that line's values") from None
+    except UnicodeEncodeError:
+        raise bad(
+            "holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)",
+            "write the character itself, or both halves of its surrogate pair",
+        ) from None
+
+
+def _scalar(value: object) -> str | None:
     # Mixed types in one column would make pyarrow fail far from the cause.
-    if value is None or isinstance(value, str):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _utf8(value)
     if isinstance(value, bool | int | float):
         return str(value) if not isinstance(value, bool) else str(value).lower()
-    return json.dumps(value)
+    return json.dumps(value)  # ASCII escapes: nested surrogates stay storable
+
+
+def _utf8(text: str) -> str:
+    """``text`` unchanged; UnicodeEncodeError for the unpaired surrogates that JSON's
+    ``\\ud800`` escapes can produce and pyarrow cannot store."""
+    text.encode("utf-8")
+    return text
 
 
 def _read_saved_dataset(path: Path, split: str | None) -> datasets.Dataset:

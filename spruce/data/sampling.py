@@ -28,9 +28,16 @@ def stratified_sample(
         raise SpruceError(
             "--max-train-samples and --shots-per-class cannot be combined", "pass only one of them"
         )
+    for size in (max_samples, shots_per_class):
+        # A negative quota would never be filled: the balancing loop below would not end.
+        if size is not None and size < 1:
+            raise SpruceError(
+                f"a sample size of {size} was asked for",
+                "ask for at least 1 example (or class shot)",
+            )
     labels_array = np.asarray(labels, dtype=np.int64)
     total = len(labels_array)
-    if max_samples is None and shots_per_class is None:
+    if (max_samples is None and shots_per_class is None) or total == 0:
         return list(range(total)), []
     rng = np.random.default_rng(seed)
     classes = np.unique(labels_array)

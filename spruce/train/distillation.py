@@ -28,6 +28,8 @@ class DistillationConfig:
     teacher_layers: tuple[int, ...] | None = None
 
     def validate(self) -> DistillationConfig:
+        # An empty list means "the default layers" (to_dict writes it as None) either way.
+        self.teacher_layers = tuple(self.teacher_layers) if self.teacher_layers else None
         if not self.temperature > 0:
             raise SpruceError(f"--distill-temperature must be positive, got {self.temperature}")
         if not 0 <= self.alpha <= 1:

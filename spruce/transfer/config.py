@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from spruce.errors import SpruceError
+from spruce.utils.fields import checked_fields
 
 COUPLINGS = ("none", "sequential", "joint", "tied")
 TRANSFERS = ("weights", "masks", "both")
@@ -53,6 +54,9 @@ class AuxTask:
             raise SpruceError("--aux task needs a data file", "write --aux task:PATH")
         if not self.weight > 0:
             raise SpruceError(f"--aux-weight must be positive, got {self.weight}")
+        if self.text_columns is not None and not self.text_columns:
+            # No columns means "detect them", as None does; to_dict writes both as None.
+            return replace(self, text_columns=None)
         return self
 
     @property
@@ -148,6 +152,8 @@ class TransferConfig:
             )
         if self.aux_steps is not None and self.aux_steps < 1:
             raise SpruceError("--aux-steps must be at least 1")
+        if self.aux_batch_size is not None and self.aux_batch_size < 1:
+            raise SpruceError("--aux-batch-size must be at least 1")
         if not 0 < self.mlm_probability < 1:
             raise SpruceError("--mlm-probability must be in (0, 1)")
         return self
@@ -215,16 +221,12 @@ class TransferConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TransferConfig:
-        values = dict(values)
-        check_keys(values, [f.name for f in fields(cls)], "transfer setting")
-        aux = []
-        for task in values.pop("aux", ()) or ():
-            task = dict(task)
-            check_keys(task, [f.name for f in fields(AuxTask)], "auxiliary task setting")
-            if task.get("text_columns"):
-                task["text_columns"] = tuple(task["text_columns"])
-            aux.append(AuxTask(**task))
-        return cls(aux=tuple(aux), **values).validate()
+        """Settings as :meth:`to_dict` writes them; a wrong key or value type is a
+        :class:`SpruceError` naming the setting."""
+        if isinstance(values, Mapping) and "aux" in values and values["aux"] is None:
+            # null means no auxiliary tasks, as an empty list does
+            values = {key: value for key, value in values.items() if key != "aux"}
+        return cls(**checked_fields(cls, values, "transfer setting")).validate()
 
 
 def _choose(option: str, value: str, choices: tuple[str, ...]) -> None:

@@ -11,6 +11,8 @@ import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from spruce.errors import SpruceError
@@ -18,6 +20,7 @@ from spruce.vision.data import IMAGENET_MEAN, IMAGENET_STD
 from spruce.vision.efficientnet_lite import EfficientNetLite
 
 CNN_NAMES = ("efficientnet-lite0", "resnet18", "resnet50")
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")  # a state dict file given as the name
 
 # TensorFlow's EfficientNet-Lite was trained on pixels scaled as (p - 127) / 128.
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -28,13 +31,14 @@ def load_cnn(name: str, num_classes: int, weights: str | Path | None = None) -> 
     """A pre-trained CNN whose classifier has ``num_classes`` outputs.
 
     ``name`` is one of :data:`CNN_NAMES` or the path of an EfficientNet-Lite0 state dict
-    (``.pt``/``.pth``). The ImageNet classifier is kept when ``num_classes`` is 1000 and
-    otherwise replaced by a freshly initialised one (seed torch first for a fixed draw).
+    (``.safetensors``, ``.pt``/``.pth``). The ImageNet classifier is kept when
+    ``num_classes`` is 1000 and otherwise replaced by a freshly initialised one (seed torch
+    first for a fixed draw).
     """
     if num_classes < 1:
         raise SpruceError(f"num_classes must be positive, got {num_classes}")
     path = Path(name).expanduser()
-    if path.suffix in (".pt", ".pth"):
+    if path.suffix in WEIGHT_SUFFIXES:
         return _efficientnet(path, num_classes)
     if name == "efficientnet-lite0":
         return _efficientnet(Path(weights) if weights else _shipped_lite0(), num_classes)
@@ -65,7 +69,7 @@ def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]
     the ImageNet statistics. Fine-tuning adapts either way, but starting from the matching
     convention keeps the pre-trained features intact.
     """
-    if name == "efficientnet-lite0" or Path(name).suffix in (".pt", ".pth"):
+    if name == "efficientnet-lite0" or Path(name).suffix in WEIGHT_SUFFIXES:
         return LITE_MEAN, LITE_STD
     return IMAGENET_MEAN, IMAGENET_STD
 
@@ -130,12 +134,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SpruceError(f"weights file {path} does not exist", "check the path")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        if path.suffix == ".safetensors":
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, SafetensorError) as error:
         raise SpruceError(
-            f"cannot read {path} as a plain state dict ({type(error).__name__})",
-            "save weights with torch.save(model.state_dict(), path); whole pickled models "
-            "are not loaded because unpickling can run code",
+            f"{path} is not a safe weights file: it cannot be read as a plain state dict "
+            f"of tensors ({type(error).__name__})",
+            "use safetensors (safetensors.torch.save_file(model.state_dict(), PATH)) or "
+            "torch.save(model.state_dict(), PATH); whole pickled models are not loaded "
+            "because unpickling can run code",
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

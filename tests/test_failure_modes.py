@@ -1,0 +1,70 @@
+"""Failure modes during a run that docs/reliability.md lists: a diverging loss, Ctrl-C while
+the output is written, and non-finite metrics in report.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spruce.cli.main import main
+from spruce.data import TaskDataConfig, load_task
+from spruce.errors import SpruceError
+from spruce.models import load_classifier
+from spruce.pipelines import finetune as finetune_pipeline
+from spruce.pipelines.common import build_loaders
+from spruce.report import write_report
+from spruce.train import TrainConfig, Trainer, classification_loss
+from tiny_models import write_sentiment_files
+
+
+def test_diverging_loss_is_a_user_error(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    files = write_sentiment_files(tmp_path / "data", n_train=16)
+    task = load_task(TaskDataConfig(train=str(files["train"])))
+    model, tokenizer, _ = load_classifier(str(tiny_models["bert"]), task.label_names)
+    config = TrainConfig(max_steps=3, batch_size=8)
+    loaders = build_loaders(task, tokenizer, config, max_length=16)
+
+    def diverging(model, batch):
+        loss, stats = classification_loss(model, batch)
+        return loss * torch.tensor(float("inf")), stats
+
+    trainer = Trainer(model, loaders["train"], config, loss_fn=diverging, progress=False)
+    with pytest.raises(SpruceError, match="training loss became inf at step 1") as caught:
+        trainer.fit()
+    assert "lower --learning-rate" in caught.value.one_line()
+
+
+def test_ctrl_c_while_writing_keeps_the_previous_output(
+    capsys: pytest.CaptureFixture[str],
+    tiny_models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files = write_sentiment_files(tmp_path / "data", n_train=8)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.json").write_text("previous")
+
+    def interrupted(report: dict, path: Path) -> None:
+        path.write_text("{")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_pipeline, "write_report", interrupted)
+    args = ["finetune", "--model", tiny_models["bert"], "--train", files["train"], "--out", out]
+    capsys.readouterr()
+    code = main([str(a) for a in args] + ["--overwrite", "--quiet", "--max-steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err == "spruce: interrupted; nothing was written to --out\n"
+    assert [p.name for p in out.iterdir()] == ["report.json"]
+    assert (out / "report.json").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    write_report({"metrics": {"accuracy": float("nan"), "loss": [1.0, float("inf")]}}, path)
+    assert json.loads(path.read_text()) == {"metrics": {"accuracy": None, "loss": [1.0, None]}}
