@@ -445,3 +445,15 @@ def test_a_grid_can_run_spruce_adapt(tmp_path: Path) -> None:
     assert {row["learned_params"] for row in read_csv(out / "results.csv")} == {"300", "9000"}
     with pytest.raises(SpruceError, match="command 'finetune' cannot be run"):
         load_grid(write(tmp_path / "h.yaml", "command: finetune\n"), table)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "examples" / "grids").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_example_grid_passes_the_real_parsers(path: Path) -> None:
+    from spruce.grid import check_runs
+
+    spec = load_grid(path)
+    runs = expand(spec)
+    check_runs(spec, runs)  # every run's options parse with spruce prune / spruce adapt
+    assert len({run.id for run in runs}) == len(runs)
