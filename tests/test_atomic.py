@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from spruce.errors import SpruceError
@@ -46,3 +49,16 @@ def test_missing_parents_are_created(tmp_path):
     with staged_output_dir(out) as staging:
         (staging / "report.json").write_text("{}")
     assert (out / "report.json").exists()
+
+
+def test_outputs_get_the_usual_permissions_not_tempfile_private_ones(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with staged_output_dir(tmp_path / "out", overwrite=False) as staging:
+            write_text_atomic(staging / "report.json", "{}")
+        write_text_atomic(tmp_path / "single.txt", "x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "report.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "single.txt").stat().st_mode) == 0o644

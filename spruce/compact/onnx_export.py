@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spruce.errors import SpruceError
+from spruce.utils.atomic import usual_permissions
 
 _EXAMPLE_TEXTS = ["a short example", "a second, somewhat longer example sentence to pad against"]
 
@@ -66,6 +67,7 @@ def export_onnx(
     # A sibling temp file, renamed into place: a failed export never leaves a broken model.
     handle, temp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(handle)
+    usual_permissions(temp_name)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of dynamo; it still works here.

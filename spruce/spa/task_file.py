@@ -39,7 +39,7 @@ from spruce.masks.units import UnitMasks
 from spruce.models.loading import TASK_METADATA_KEY
 from spruce.models.structure import encoder_shape
 from spruce.spa.wiring import base_fingerprint, head_parameters
-from spruce.utils.atomic import write_text_atomic
+from spruce.utils.atomic import usual_permissions, write_text_atomic
 
 FORMAT = "spruce-task"
 VERSION = 1
@@ -156,6 +156,7 @@ def save_task(
     }
     handle, temp = tempfile.mkstemp(prefix=f".{TENSORS_NAME}.tmp-", dir=directory)
     os.close(handle)
+    usual_permissions(temp)
     try:
         save_file(tensors, temp, metadata={"format": FORMAT, "version": str(VERSION)})
         os.replace(temp, directory / TENSORS_NAME)

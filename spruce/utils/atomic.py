@@ -38,6 +38,15 @@ class StorageError(SpruceError):
         self.errno = code
 
 
+def usual_permissions(path: str | Path, directory: bool = False) -> None:
+    """Give a file or folder made by ``tempfile`` the mode a plain ``open``/``mkdir`` would
+    have: ``mkstemp``/``mkdtemp`` create them private (0600/0700), which survives the
+    rename into place and would hide outputs from the other users of a shared machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 def storage_errno(error: BaseException) -> int | None:
     """The errno of a storage failure in :data:`STORAGE_ERRORS`, else None.
 
@@ -107,6 +116,7 @@ def staged_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        usual_permissions(staging, directory=True)
         yield staging
         _move_into_place(staging, out, parent)
     except BaseException as error:
@@ -154,6 +164,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        usual_permissions(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)

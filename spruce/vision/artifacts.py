@@ -19,6 +19,7 @@ from spruce.adapters import (
     load_adapter_state,
 )
 from spruce.errors import SpruceError
+from spruce.utils.atomic import usual_permissions
 from spruce.vision.masking import (
     ChannelMasks,
     ChannelPlan,
@@ -122,6 +123,7 @@ def export_cnn_onnx(model: nn.Module, path: Path, image_size: int) -> float:
     model.eval()
     handle, temp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(handle)
+    usual_permissions(temp)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
