@@ -52,15 +52,25 @@ def test_ctrl_c_while_writing_keeps_the_previous_output(
         path.write_text("{")
         raise KeyboardInterrupt
 
+    real_write_report = finetune_pipeline.write_report
     monkeypatch.setattr(finetune_pipeline, "write_report", interrupted)
     args = ["finetune", "--model", tiny_models["bert"], "--train", files["train"], "--out", out]
+    argv = [str(a) for a in args] + ["--overwrite", "--quiet", "--max-steps", "1"]
     capsys.readouterr()
-    code = main([str(a) for a in args] + ["--overwrite", "--quiet", "--max-steps", "1"])
+    code = main(argv)
     err = capsys.readouterr().err
     assert code == 130
-    assert err == "spruce: interrupted; nothing was written to --out\n"
+    # Training had finished: its checkpoint stays, so --resume only writes the output.
+    assert err == (
+        "spruce: interrupted; nothing was written to --out; rerun the same command with "
+        f"--resume to continue from the checkpoint in {out}.checkpoint\n"
+    )
     assert [p.name for p in out.iterdir()] == ["report.json"]
     assert (out / "report.json").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run", "run.checkpoint"]
+    monkeypatch.setattr(finetune_pipeline, "write_report", real_write_report)
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads((out / "report.json").read_text())["steps"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
 
 

@@ -98,6 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     group.add_argument("--latency-repeats", type=positive_int, default=d.latency_repeats)
     options.add_output_options(parser)
+    options.add_checkpoint_options(parser)
     options.add_runtime_options(parser)
     parser.set_defaults(handler=handle)
 
@@ -116,6 +117,11 @@ def is_image_task(args: argparse.Namespace) -> bool:
 def handle_image_task(args: argparse.Namespace) -> int:
     from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
 
+    if args.resume:
+        raise SpruceError(
+            "--resume is not available for image tasks (CNN runs do not checkpoint yet)",
+            "rerun without --resume",
+        )
     if args.criterion == "l0":
         raise SpruceError(
             "--criterion l0 learns masks of transformer units, not CNN channels",
@@ -194,11 +200,7 @@ def handle(args: argparse.Namespace) -> int:
             train=options.train_config(args),
             model=args.model,
             max_length=args.max_length,
-            out=args.out,
-            overwrite=args.overwrite,
-            device=args.device,
-            progress=not args.quiet,
-            threads=args.threads,
+            **options.run_options(args),
         )
     )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items())

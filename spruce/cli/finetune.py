@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     options.add_data_options(parser)
     options.add_train_options(parser)
     options.add_output_options(parser)
+    options.add_checkpoint_options(parser)
     options.add_runtime_options(parser)
     parser.set_defaults(handler=handle)
 
@@ -27,11 +28,7 @@ def handle(args: argparse.Namespace) -> int:
             train=options.train_config(args),
             model=args.model,
             max_length=args.max_length,
-            out=args.out,
-            overwrite=args.overwrite,
-            device=args.device,
-            progress=not args.quiet,
-            threads=args.threads,
+            **options.run_options(args),
         )
     )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items())

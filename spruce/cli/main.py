@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from spruce.cli import adapt, bank, data, demo, evaluate, finetune, grid, prune
 from spruce.cli.parsing import Parser
 from spruce.errors import SpruceError
+from spruce.train.checkpoint import checkpoint_dir
+from spruce.train.interrupt import (
+    Interrupted,
+    can_handle_signals,
+    raise_interrupted,
+    restore_handler,
+)
 
 
 def build_parser() -> Parser:
@@ -39,17 +47,41 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; user errors become one line on stderr and exit code 2."""
+    """Run one command; user errors become one line on stderr and exit code 2, a stop
+    signal one line and 128 + its number (130 for SIGINT, 143 for SIGTERM)."""
     args = build_parser().parse_args(argv)
+    # SIGTERM stops like Ctrl-C (outputs are cleaned up, a checkpoint is kept); inside a
+    # checkpointed training phase the trainer takes it over and saves first.
+    installed = can_handle_signals()
+    previous = signal.signal(signal.SIGTERM, raise_interrupted) if installed else None
     try:
         _quiet_libraries()
         return args.handler(args)
     except SpruceError as error:
         print(f"spruce: error: {error.one_line()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("spruce: interrupted; nothing was written to --out", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        print(f"spruce: {_interrupted(error, args)}", file=sys.stderr)
+        return error.exit_code if isinstance(error, Interrupted) else 130
+    finally:
+        if installed:
+            restore_handler(signal.SIGTERM, previous)
+
+
+def _interrupted(error: KeyboardInterrupt, args) -> str:
+    """One line for a stop: where the checkpoint is, when there is one to resume from."""
+    if isinstance(error, Interrupted) and error.step is not None:
+        return error.one_line()
+    message = "interrupted; nothing was written to --out"
+    out = getattr(args, "out", None)
+    if out is not None and getattr(args, "checkpoint_steps", 0):
+        directory = checkpoint_dir(out)
+        if directory.exists():
+            message += (
+                f"; rerun the same command with --resume to continue from the checkpoint "
+                f"in {directory}"
+            )
+    return message
 
 
 def run() -> None:

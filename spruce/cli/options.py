@@ -9,6 +9,7 @@ from spruce.cli.parsing import (
     fraction,
     name_list,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -16,6 +17,7 @@ from spruce.data import TaskDataConfig
 from spruce.models import DEFAULT_MODEL
 from spruce.report.metrics import METRICS
 from spruce.train import TrainConfig
+from spruce.train.checkpoint import DEFAULT_EVERY_STEPS
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, train_required: bool = True) -> None:
@@ -152,6 +154,40 @@ def add_output_options(parser: argparse.ArgumentParser, *, required: bool = True
         help="output directory (written completely or not at all)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "checkpoints",
+        "the run checkpoints into DIR.checkpoint beside --out (deleted once --out is "
+        "complete); SIGINT/SIGTERM save a checkpoint at the next step and stop",
+    )
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run whose checkpoint lies beside --out (same options)",
+    )
+    group.add_argument(
+        "--checkpoint-steps",
+        type=non_negative_int,
+        default=DEFAULT_EVERY_STEPS,
+        metavar="N",
+        help=f"save a checkpoint every N training steps and at the end of each phase "
+        f"(default: {DEFAULT_EVERY_STEPS}; 0: no checkpoints)",
+    )
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The output, runtime and checkpoint settings of a RunSettings, from the options."""
+    return {
+        "out": args.out,
+        "overwrite": args.overwrite,
+        "device": args.device,
+        "progress": not args.quiet,
+        "threads": args.threads,
+        "resume": args.resume,
+        "checkpoint_steps": args.checkpoint_steps,
+    }
 
 
 def data_config(args: argparse.Namespace) -> TaskDataConfig:

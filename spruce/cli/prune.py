@@ -111,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--distill-task-weight", type=float, default=d.task_weight)
     _add_transfer_options(parser)
     options.add_output_options(parser)
+    options.add_checkpoint_options(parser)
     options.add_runtime_options(parser)
     parser.set_defaults(handler=handle)
 
@@ -236,11 +237,7 @@ def handle(args: argparse.Namespace) -> int:
             train=options.train_config(args),
             model=args.model,
             max_length=args.max_length,
-            out=args.out,
-            overwrite=args.overwrite,
-            device=args.device,
-            progress=not args.quiet,
-            threads=args.threads,
+            **options.run_options(args),
         )
     )
     m = report["metrics"]

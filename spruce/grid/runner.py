@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from spruce.grid.prune_cli import option_arguments, resolve_path
 from spruce.grid.spec import GridSpec, Run
+from spruce.train.checkpoint import checkpoint_dir
 from spruce.utils.atomic import write_text_atomic
 
 # (spec, run, run directory) -> the command line of that run.
@@ -32,7 +33,8 @@ POLL_S = 0.2
 
 
 def command_for(spec: GridSpec, run: Run, directory: Path) -> list[str]:
-    """``python -m spruce prune OPTIONS --seed S --threads T --out DIR --quiet``."""
+    """``python -m spruce prune OPTIONS --seed S --threads T --out DIR --quiet``, with
+    ``--resume`` where an earlier attempt left a checkpoint."""
     cwd = Path.cwd()
     options = option_arguments(
         run.options, spec.options, lambda text: resolve_path(text, spec.root, cwd)
@@ -43,6 +45,9 @@ def command_for(spec: GridSpec, run: Run, directory: Path) -> list[str]:
     if directory.exists():
         # Only unfinished runs are launched: a folder without report.json is a leftover.
         command.append("--overwrite")
+    if checkpoint_dir(directory).exists():
+        # A run the grid was stopped in continues where its checkpoint left off.
+        command.append("--resume")
     return command
 
 
@@ -119,7 +124,8 @@ def run_grid(
                 time.sleep(POLL_S)
     except BaseException:
         # Ctrl-C or a crash of the grid itself: stop the children too, so none keeps
-        # running unseen; their folders stay incomplete and are redone next time.
+        # running unseen. SIGTERM makes each save a checkpoint first; the next
+        # invocation continues them from there (command_for adds --resume).
         for item in active:
             item.process.terminate()
         for item in active:

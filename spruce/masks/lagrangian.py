@@ -141,3 +141,18 @@ class SparsityStep:
         self.gate_optimizer.zero_grad(set_to_none=True)
         self.lambda_optimizer.zero_grad(set_to_none=True)
         self.controller.num_steps.fill_(step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The multipliers, the step count of the target ramp and both optimizers, so that
+        a resumed phase continues the same control (the gates are saved by the trainer's
+        ``checkpoint_modules``)."""
+        return {
+            "controller": self.controller.state_dict(),
+            "gate_optimizer": self.gate_optimizer.state_dict(),
+            "lambda_optimizer": self.lambda_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.gate_optimizer.load_state_dict(state["gate_optimizer"])
+        self.lambda_optimizer.load_state_dict(state["lambda_optimizer"])

@@ -57,6 +57,7 @@ from spruce.spa.wiring import (
     set_unit_masks,
 )
 from spruce.train import Trainer, TrainResult, classification_loss, evaluate
+from spruce.train.checkpoint import Checkpointer, phase_checkpoint
 from spruce.utils.atomic import staged_output_dir
 
 __all__ = ["AdaptConfig", "AdaptRun", "run_adapt"]
@@ -75,7 +76,13 @@ class AdaptRun(RunSettings):
 def run_adapt(run: AdaptRun) -> dict[str, Any]:
     start = time.perf_counter()
     settings = run.adapt.validate()
-    device, task = begin_run(run)
+    configuration = {
+        "adapt": settings.to_dict(),
+        "train": run.train.to_dict(),
+        "data": asdict(run.data),
+        "max_length": run.max_length,
+    }
+    device, task, checkpoint = begin_run(run, "adapt", configuration)
     model, tokenizer, source = load_classifier(run.model, task.label_names)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
     dense_reference = copy.deepcopy(model).eval()
@@ -87,11 +94,11 @@ def run_adapt(run: AdaptRun) -> dict[str, Any]:
         base = BaseReference.of(model, run.model, source)
     model.to(device)
 
-    phase = _prune(run, model, loaders["train"], device, adapted=adapter is not None)
+    phase = _prune(run, model, loaders["train"], device, adapter is not None, checkpoint)
     masks = phase.masks.detach()
     if adapter is not None:
         set_unit_masks(model, masks)
-    final = _final_fine_tune(run, model, masks, loaders, device)
+    final = _final_fine_tune(run, model, masks, loaders, device, checkpoint)
     model.eval()
     with apply_masks(model, masks):
         masked_metrics = evaluate_splits(model, loaders, device)
@@ -144,12 +151,7 @@ def run_adapt(run: AdaptRun) -> dict[str, Any]:
                 "prune": [_phase_summary(r) for r in phase.results],
                 "final": _phase_summary(final),
             },
-            "config": {
-                "adapt": settings.to_dict(),
-                "train": run.train.to_dict(),
-                "data": asdict(run.data),
-                "max_length": run.max_length,
-            },
+            "config": configuration,
         }
     )
     if settings.measure_latency:
@@ -168,6 +170,8 @@ def run_adapt(run: AdaptRun) -> dict[str, Any]:
     else:  # sizes are still measured, on files written to a scratch directory
         with tempfile.TemporaryDirectory() as scratch:
             _write_outputs(run, report, Path(scratch), outcome, texts, start)
+    if checkpoint is not None:
+        checkpoint.remove()  # --out is complete
     report["wall_time_s"] = round(time.perf_counter() - start, 2)
     return report
 
@@ -179,7 +183,12 @@ def _steps(epochs: float, loader: DataLoader, cap: int | None) -> int:
 
 
 def _prune(
-    run: AdaptRun, model: PreTrainedModel, loader: DataLoader, device, adapted: bool
+    run: AdaptRun,
+    model: PreTrainedModel,
+    loader: DataLoader,
+    device,
+    adapted: bool,
+    checkpoint: Checkpointer | None,
 ) -> PhaseResult:
     settings, cap = run.adapt, run.train.max_steps
     per_round = _steps(settings.epochs_per_round, loader, cap)
@@ -199,7 +208,15 @@ def _prune(
         steps = _steps(prune.prune_epochs, loader, cap)
         prune = replace(prune, prune_max_steps=steps)
         return learn_l0_masks(
-            model, loader, run.train, prune, classification_loss, None, device, run.progress
+            model,
+            loader,
+            run.train,
+            prune,
+            classification_loss,
+            None,
+            device,
+            run.progress,
+            checkpoint=checkpoint,
         )
     prune = replace(prune, prune_max_steps=per_round * settings.prune_rounds)
     return score_and_prune(
@@ -212,11 +229,17 @@ def _prune(
         run.progress,
         criterion=settings.criterion,
         scoring_context=scoring_view if adapted else None,
+        checkpoint=checkpoint,
     )
 
 
 def _final_fine_tune(
-    run: AdaptRun, model: PreTrainedModel, masks: UnitMasks, loaders, device
+    run: AdaptRun,
+    model: PreTrainedModel,
+    masks: UnitMasks,
+    loaders,
+    device,
+    checkpoint: Checkpointer | None,
 ) -> TrainResult:
     """Train with the structure fixed; the weights that score best on validation stay."""
     steps = _steps(run.adapt.final_epochs, loaders["train"], run.train.max_steps)
@@ -232,6 +255,7 @@ def _final_fine_tune(
             device=device,
             progress=run.progress,
             description="final fine-tune",
+            checkpoint=phase_checkpoint(checkpoint, "final"),
         ).fit()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,21 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import spruce
 from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, tokenize_split
+from spruce.errors import SpruceError
 from spruce.models import TASK_METADATA_KEY
 from spruce.pipelines.runtime import resolve_device
 from spruce.train import TrainConfig, evaluate, seed_everything
+from spruce.train.checkpoint import DEFAULT_EVERY_STEPS, Checkpointer, checkpoint_dir
 from spruce.utils.atomic import check_output_dir
 
 
 @dataclass
 class RunSettings:
-    """What every training command takes: data, optimisation, model, output, runtime."""
+    """What every training command takes: data, optimisation, model, output, runtime.
+
+    With ``out``, the run checkpoints into ``<out>.checkpoint`` every ``checkpoint_steps``
+    steps (0: no checkpoints) and ``resume`` continues from there.
+    """
 
     data: TaskDataConfig
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -32,19 +39,59 @@ class RunSettings:
     device: str = "auto"
     progress: bool = True
     threads: int | None = None
+    resume: bool = False
+    checkpoint_steps: int = DEFAULT_EVERY_STEPS
 
 
-def begin_run(run: RunSettings) -> tuple[torch.device, TaskData]:
+def begin_run(
+    run: RunSettings, command: str, configuration: dict[str, Any]
+) -> tuple[torch.device, TaskData, Checkpointer | None]:
     """What every training command does first, before any slow work: validate settings,
-    refuse an ``--out`` that may not be written, fix threads, device and seed, read data."""
+    refuse an ``--out`` that may not be written, open the checkpoint, fix threads, device
+    and seed, read data. ``configuration`` is the report's ``config`` section."""
     run.train.validate()
     if run.out is not None:
         check_output_dir(Path(run.out), run.overwrite)
+    checkpoint = open_checkpoint(run, command, configuration)
     if run.threads:
         torch.set_num_threads(run.threads)
     device = resolve_device(run.device)
     seed_everything(run.train.seed)
-    return device, load_task(run.data)
+    return device, load_task(run.data), checkpoint
+
+
+def open_checkpoint(
+    run: RunSettings, command: str, configuration: dict[str, Any]
+) -> Checkpointer | None:
+    """The run's checkpoint in ``<out>.checkpoint``: adopted with ``resume``, removed with
+    ``overwrite``, otherwise refused if present (it belongs to an unfinished run). Its
+    fingerprint covers the command, the model and ``configuration``; output and runtime
+    settings (``--out``, ``--threads``, ``--device``, ...) may change between attempts."""
+    if run.out is None:
+        return None
+    if run.checkpoint_steps < 0:
+        raise SpruceError(f"--checkpoint-steps must be >= 0, got {run.checkpoint_steps}")
+    if run.resume and run.checkpoint_steps == 0:
+        raise SpruceError(
+            "--resume continues from a checkpoint, which --checkpoint-steps 0 turns off",
+            "drop --checkpoint-steps 0",
+        )
+    directory = checkpoint_dir(run.out)
+    settings = {"command": command, "model": run.model, **configuration}
+    checkpoint = Checkpointer.for_configuration(directory, settings, run.checkpoint_steps)
+    if checkpoint.exists() and run.resume:
+        checkpoint.resume()
+        return checkpoint
+    if checkpoint.exists() and not run.overwrite:
+        raise SpruceError(
+            f"a checkpoint of an unfinished run exists in {directory}",
+            "rerun with --resume to continue it, or --overwrite to start again",
+        )
+    if directory.exists():  # --overwrite, or a first save that never completed
+        checkpoint.remove()
+    if run.resume:
+        print(f"spruce: no checkpoint in {directory}; starting from the beginning", file=sys.stderr)
+    return checkpoint if run.checkpoint_steps else None
 
 
 def build_loaders(

@@ -108,6 +108,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                 out=staging / "dense",
                 device=settings.device,
                 progress=settings.progress,
+                checkpoint_steps=0,  # the demo's output is staged as a whole: nothing to resume
             )
         )
         hard_ham = evaluate_saved_model(
@@ -165,6 +166,7 @@ def _pruned_rows(
                 out=staging / name,
                 device=settings.device,
                 progress=settings.progress,
+                checkpoint_steps=0,
             )
         )
         hard_ham = evaluate_saved_model(

@@ -18,6 +18,7 @@ from spruce.pipelines.common import (
 )
 from spruce.report import count_parameters, plot_learning_curve, write_report
 from spruce.train import Trainer, evaluate
+from spruce.train.checkpoint import phase_checkpoint
 from spruce.utils.atomic import staged_output_dir
 
 
@@ -29,7 +30,12 @@ class FinetuneRun(RunSettings):
 def run_finetune(run: FinetuneRun) -> dict[str, Any]:
     """Fine-tune, evaluate and (with ``out``) write ``model/``, ``report.json`` and the curve."""
     start = time.perf_counter()
-    device, task = begin_run(run)
+    configuration = {
+        "train": run.train.to_dict(),
+        "data": asdict(run.data),
+        "max_length": run.max_length,
+    }
+    device, task, checkpoint = begin_run(run, "finetune", configuration)
     model, tokenizer, source = load_classifier(run.model, task.label_names)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
 
@@ -44,6 +50,7 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
         device=device,
         progress=run.progress,
         description=f"finetune {task.name}",
+        checkpoint=phase_checkpoint(checkpoint, "finetune"),
     )
     result = trainer.fit()
     split_metrics = evaluate_splits(model, loaders, device)
@@ -59,11 +66,7 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
             "best_step": result.best_step,
             "stopped_early": result.stopped_early,
             "train_time_s": round(result.wall_time_s, 2),
-            "config": {
-                "train": run.train.to_dict(),
-                "data": asdict(run.data),
-                "max_length": run.max_length,
-            },
+            "config": configuration,
             "history": {"evaluations": result.evaluations, "loss": result.losses},
         }
     )
@@ -81,4 +84,6 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
             )
             report["wall_time_s"] = round(time.perf_counter() - start, 2)
             write_report(report, staging / "report.json")
+    if checkpoint is not None:
+        checkpoint.remove()  # --out is complete
     return report

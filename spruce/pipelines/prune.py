@@ -40,12 +40,14 @@ from spruce.report.flops import flops_summary
 from spruce.report.latency import measure_latency_table
 from spruce.report.structure_plot import plot_structure_heatmap
 from spruce.train import Trainer, classification_loss, evaluate
+from spruce.train.checkpoint import phase_checkpoint
 from spruce.train.distillation import (
     LayerDistiller,
     default_teacher_layers,
     distillation_loss_fn,
 )
 from spruce.train.loop import LossFn
+from spruce.train.resume import Stateful
 from spruce.transfer.config import TransferConfig
 from spruce.transfer.coupling import (
     check_compatible,
@@ -73,7 +75,14 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     run.prune.validate()
     run.transfer.validate()
     check_compatible(run.transfer, run.prune)
-    device, task = begin_run(run)
+    configuration = {
+        "prune": run.prune.to_dict(),
+        "transfer": run.transfer.to_dict(),
+        "train": run.train.to_dict(),
+        "data": asdict(run.data),
+        "max_length": run.max_length,
+    }
+    device, task, checkpoint = begin_run(run, "prune", configuration)
     student, tokenizer, source = _initial_model(run, task)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
 
@@ -94,6 +103,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             device=device,
             progress=run.progress,
             description="teacher",
+            checkpoint=phase_checkpoint(checkpoint, "teacher"),
         ).fit()
         phases["teacher"] = _phase_summary(result)
         student = copy.deepcopy(teacher)
@@ -102,11 +112,14 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     dense_reference = copy.deepcopy(student).eval()
     dense_shape = encoder_shape(student.config)
 
-    def objective(model: PreTrainedModel) -> tuple[LossFn, list[torch.optim.Optimizer]]:
+    def objective(
+        model: PreTrainedModel,
+    ) -> tuple[LossFn, list[torch.optim.Optimizer], list[Stateful]]:
         """Task loss, or distillation from the teacher; the distiller's projection learns
-        with an optimizer of its own since it is not part of the model."""
+        with an optimizer of its own since it is not part of the model (and is saved
+        with the phase's checkpoint)."""
         if teacher is None:
-            return classification_loss, []
+            return classification_loss, [], []
         layers = run.prune.distillation.teacher_layers
         distiller = LayerDistiller(
             encoder_shape(model.config).hidden_size,
@@ -115,10 +128,11 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         ).to(device)
         optimizer = torch.optim.AdamW(distiller.parameters(), lr=run.train.learning_rate)
         loss_fn = distillation_loss_fn(teacher.to(device), distiller, run.prune.distillation)
-        return loss_fn, [optimizer]
+        return loss_fn, [optimizer], [distiller]
 
-    base_loss, extra_optimizers = objective(student)
+    base_loss, extra_optimizers, distillers = objective(student)
     auxiliary = _auxiliary_objective(run, task, student, tokenizer, source, loaders, device)
+    aux_state: list[Stateful] = [] if auxiliary is None else [auxiliary]
     aux_optimizers = [] if auxiliary is None else [auxiliary.optimizer(run.train.learning_rate)]
     initial_gates = None
     if run.transfer.coupling == "sequential":
@@ -130,6 +144,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             _steps(run.prune.prune_epochs, run.prune.prune_max_steps, loaders["train"]),
             device,
             run.progress,
+            checkpoint,
         )
         phases["auxiliary_stage"] = [_phase_summary(r) for r in first.result.results]
         initial_gates = first.initial_gates
@@ -148,6 +163,8 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             run.progress,
             [*extra_optimizers, *aux_optimizers],
             extras=phase_extras(auxiliary, initial_gates),
+            checkpoint=checkpoint,
+            checkpoint_modules=[*distillers, *aux_state],
         )
     else:
         phase = score_and_prune(
@@ -159,12 +176,14 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             device,
             run.progress,
             [*extra_optimizers, *aux_optimizers],
+            checkpoint=checkpoint,
+            checkpoint_modules=[*distillers, *aux_state],
         )
     phases["prune"] = [_phase_summary(r) for r in phase.results]
     masks = phase.masks
     compact = compact_model(student, masks)
 
-    final_loss, final_extra = objective(compact)
+    final_loss, final_extra, final_distillers = objective(compact)
     final_loss, aux_final = final_phase_loss(
         final_loss, auxiliary, masks, dense_shape.hidden_size, run.train.learning_rate
     )
@@ -181,6 +200,8 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         device=device,
         progress=run.progress,
         description="final fine-tune",
+        checkpoint=phase_checkpoint(checkpoint, "final"),
+        checkpoint_modules=[*final_distillers, *aux_state],
     ).fit()
     phases["final"] = _phase_summary(final)
     compact.eval()
@@ -229,13 +250,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             },
             "vocab": vocab,
             "phases": phases,
-            "config": {
-                "prune": run.prune.to_dict(),
-                "transfer": run.transfer.to_dict(),
-                "train": run.train.to_dict(),
-                "data": asdict(run.data),
-                "max_length": run.max_length,
-            },
+            "config": configuration,
         }
     )
     if run.prune.measure_latency:
@@ -249,6 +264,8 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         )
     if run.out is not None:
         _write_outputs(run, task, report, compact, tokenizer, dense_reference, final, start)
+    if checkpoint is not None:
+        checkpoint.remove()  # --out is complete
     report["wall_time_s"] = round(time.perf_counter() - start, 2)
     return report
 

@@ -28,7 +28,9 @@ from spruce.models.structure import encoder_shape
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.selection import select_units
 from spruce.train import TrainConfig, Trainer, TrainResult
+from spruce.train.checkpoint import Checkpointer, phase_checkpoint, remember
 from spruce.train.loop import LossFn
+from spruce.train.resume import Stateful
 
 TARGET = "target"  # name of the target task's gate set
 GRADIENT_BATCHES = 32  # enough batches for stable Taylor scores on a few thousand examples
@@ -81,7 +83,13 @@ def learn_l0_masks(
     extra_optimizers: Sequence[torch.optim.Optimizer] = (),
     extras: PhaseExtras | None = None,
     description: str = "prune (l0)",
+    checkpoint: Checkpointer | None = None,
+    checkpoint_modules: Sequence[Stateful] = (),
+    phase: str = "prune",
 ) -> PhaseResult:
+    """Learn gates and weights together; ``checkpoint`` makes the phase (named ``phase``)
+    resumable, saving its gate sets with ``checkpoint_modules`` (what the caller's loss
+    draws on: a distiller, auxiliary heads and streams)."""
     extras = extras or PhaseExtras()
     config = phase_config(train, prune.prune_epochs, prune.prune_max_steps)
     shape = encoder_shape(model.config)
@@ -159,6 +167,8 @@ def learn_l0_masks(
             device=device,
             progress=progress,
             description=description,
+            checkpoint=phase_checkpoint(checkpoint, phase),
+            checkpoint_modules=[*checkpoint_modules, *gate_sets.values()],
         )
         result = trainer.fit()
     finally:
@@ -179,6 +189,8 @@ def score_and_prune(
     extra_optimizers: Sequence[torch.optim.Optimizer] = (),
     criterion: str | None = None,
     scoring_context: ScoringContext | None = None,
+    checkpoint: Checkpointer | None = None,
+    checkpoint_modules: Sequence[Stateful] = (),
 ) -> PhaseResult:
     """Iterative structured pruning by ``prune.method``; one round is one-shot pruning
     (the final fine-tune of the compact model then recovers accuracy).
@@ -186,6 +198,8 @@ def score_and_prune(
     ``criterion`` names any entry of :data:`~spruce.criteria.CRITERIA` in place of the
     method's own; ``scoring_context(model)`` wraps each scoring pass (it is entered before
     the masks are applied), e.g. to let criteria see adapted weights instead of adapters.
+    With a ``checkpoint``, each round's masks are stored (a resumed run does not score
+    again) and each round's training is a phase ``prune round N``.
     """
     name = criterion or ("weight" if prune.method == "magnitude" else prune.method)
     scorer = CRITERIA[name]()
@@ -194,24 +208,30 @@ def score_and_prune(
     masks: UnitMasks | None = None
     results = []
     for round_index in range(1, prune.prune_rounds + 1):
-        view = scoring_context(model) if scoring_context else contextlib.nullcontext()
-        with view, apply_masks(model, masks) if masks is not None else contextlib.nullcontext():
-            if scorer.needs_gradients:
-                accumulate_gradients(
-                    model,
-                    loader,
-                    device,
-                    max_batches=GRADIENT_BATCHES,
-                    loss_fn=lambda m, b: base_loss(m, b)[0],
-                )
-            if getattr(scorer, "needs_relevance", False):
-                scorer.accumulate(model, loader, device, max_batches=GRADIENT_BATCHES)
-            scores = scorer(model)
-            model.zero_grad(set_to_none=True)
-        target = prune.target_sparsity * round_index / prune.prune_rounds
-        masks = select_units(
-            scores, shape, target, current=masks, size_multiple=prune.size_multiple
-        )
+
+        def choose(current: UnitMasks | None = masks, round_index: int = round_index) -> dict:
+            view = scoring_context(model) if scoring_context else contextlib.nullcontext()
+            masked = current is not None
+            with view, apply_masks(model, current) if masked else contextlib.nullcontext():
+                if scorer.needs_gradients:
+                    accumulate_gradients(
+                        model,
+                        loader,
+                        device,
+                        max_batches=GRADIENT_BATCHES,
+                        loss_fn=lambda m, b: base_loss(m, b)[0],
+                    )
+                if getattr(scorer, "needs_relevance", False):
+                    scorer.accumulate(model, loader, device, max_batches=GRADIENT_BATCHES)
+                scores = scorer(model)
+                model.zero_grad(set_to_none=True)
+            target = prune.target_sparsity * round_index / prune.prune_rounds
+            chosen = select_units(
+                scores, shape, target, current=current, size_multiple=prune.size_multiple
+            )
+            return dict(chosen.items())
+
+        masks = UnitMasks(**remember(checkpoint, f"prune round {round_index} masks", choose))
         if round_index < prune.prune_rounds:
             config = phase_config(
                 train,
@@ -229,6 +249,8 @@ def score_and_prune(
                     device=device,
                     progress=progress,
                     description=f"prune ({criterion or prune.method}) round {round_index}",
+                    checkpoint=phase_checkpoint(checkpoint, f"prune round {round_index}"),
+                    checkpoint_modules=checkpoint_modules,
                 )
                 results.append(trainer.fit())
     assert masks is not None

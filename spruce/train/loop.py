@@ -4,6 +4,11 @@ early stopping on the validation metric and the best weights kept.
 Later phases (pruning with gates, auxiliary tasks, distillation) extend it by passing a
 ``loss_fn`` that adds their terms and ``callbacks`` that run after each step, rather than
 by writing another loop.
+
+With a ``checkpoint`` (``spruce.train.checkpoint``) the loop saves its whole state every
+``checkpoint.every_steps`` steps and at the end, continues from a saved state when
+``fit()`` starts, and turns SIGINT/SIGTERM into a save at the next step boundary followed
+by :class:`~spruce.train.interrupt.Interrupted` (``spruce.train.resume`` has the state).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -22,6 +27,15 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from spruce.errors import SpruceError
 from spruce.train.config import TrainConfig
+from spruce.train.interrupt import Interrupted, StopSignals
+from spruce.train.resume import (
+    LoaderPosition,
+    Stateful,
+    TrainerCheckpoint,
+    restore_trainer,
+    trainer_state,
+)
+from spruce.train.rng import set_global_rng_state
 
 LossFn = Callable[[PreTrainedModel, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -51,8 +65,30 @@ class TrainResult:
     wall_time_s: float = 0.0
 
 
+@dataclass
+class _Progress:
+    """Where a phase stands between two steps: what ``fit()`` carries from step to step."""
+
+    result: TrainResult = field(default_factory=TrainResult)
+    step: int = 0
+    best_value: float = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    evals_without_gain: int = 0
+    last_metric: float | None = None
+    running_loss: float | None = None
+
+
 class Trainer:
-    """Train ``model`` on ``train_loader`` and keep the weights that scored best."""
+    """Train ``model`` on ``train_loader`` and keep the weights that scored best.
+
+    ``checkpoint`` (a :class:`~spruce.train.resume.TrainerCheckpoint`, e.g. from
+    :meth:`spruce.train.checkpoint.Checkpointer.phase`) makes the phase resumable; its
+    state then includes ``checkpoint_modules``, anything with ``state_dict()`` and
+    ``load_state_dict()`` that learns or draws outside the model (gates, a distiller's
+    projection, auxiliary heads and data streams), and callbacks that have those methods.
+    For an exact resume ``train_loader`` must shuffle with its own ``generator``
+    (:func:`~spruce.data.make_loader` does).
+    """
 
     def __init__(
         self,
@@ -68,6 +104,8 @@ class Trainer:
         device: torch.device | str = "cpu",
         progress: bool = True,
         description: str = "finetune",
+        checkpoint: TrainerCheckpoint | None = None,
+        checkpoint_modules: Sequence[Stateful] = (),
     ) -> None:
         self.model = model
         self.train_loader = train_loader
@@ -83,6 +121,8 @@ class Trainer:
         self.device = torch.device(device)
         self.progress = progress
         self.description = description
+        self.checkpoint = checkpoint
+        self.checkpoint_modules = list(checkpoint_modules)
         steps_per_epoch = len(train_loader)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
         self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=config.learning_rate)
@@ -104,78 +144,133 @@ class Trainer:
         ]
 
     def fit(self) -> TrainResult:
-        config, result = self.config, TrainResult()
-        start = time.perf_counter()
+        """Train to the end of the phase (or continue a checkpointed one) and return what
+        happened; a phase whose checkpoint says it finished returns its saved result."""
         self.model.to(self.device).train()
-        best_value, best_state, evals_without_gain = -math.inf, None, 0
-        last_metric = None
+        saved = self.checkpoint.load() if self.checkpoint is not None else None
+        if saved is not None and saved["finished"]:
+            restore_trainer(self, saved)
+            return TrainResult(**saved["result"])
+        if self.checkpoint is None:
+            return self._train(None, None)
+        with StopSignals() as stop:
+            return self._train(saved, stop)
+
+    def _train(self, saved: dict[str, Any] | None, stop: StopSignals | None) -> TrainResult:
+        state = _Progress()
+        position = None
+        if saved is not None:
+            restore_trainer(self, saved)
+            state = _Progress(result=TrainResult(**saved["result"]), **saved["progress"])
+            position = LoaderPosition(**saved["loader"])
+        start = time.perf_counter() - state.result.wall_time_s
         bar = tqdm(
             total=self.total_steps,
+            initial=state.step,
             desc=self.description,
             disable=not self.progress,
             dynamic_ncols=True,
             mininterval=1.0,
         )
-        running_loss = None
-        step = 0
-        while step < self.total_steps:
-            for batch in self.train_loader:
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                loss, stats = self.loss_fn(self.model, batch)
-                if not torch.isfinite(loss):
-                    bar.close()
-                    raise SpruceError(
-                        f"the training loss became {loss.item()} at step {step + 1}",
-                        "lower --learning-rate or check the data",
-                    )
-                loss.backward()
-                if config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                for optimizer in self.extra_optimizers:
-                    optimizer.step()
-                for optimizer in (self.optimizer, *self.extra_optimizers):
-                    optimizer.zero_grad(set_to_none=True)
-                step += 1
-                value = loss.item()
-                result.losses.append((step, value))
-                running_loss = value if running_loss is None else 0.9 * running_loss + 0.1 * value
-                for callback in self.callbacks:
-                    callback(self, step, {"loss": value, **stats})
-                epoch_end = step % len(self.train_loader) == 0
-                due = (config.eval_steps and step % config.eval_steps == 0) or epoch_end
-                if self.evaluate_fn and (due or step == self.total_steps):
-                    metrics = self.evaluate_fn()
-                    last_metric = metrics[config.metric]
-                    result.evaluations.append(
-                        {"step": step, "epoch": step / len(self.train_loader), **metrics}
-                    )
-                    if last_metric > best_value:
-                        best_value, evals_without_gain = last_metric, 0
-                        result.best_step, result.best_metrics = step, metrics
-                        if self.keep_best:
-                            best_state = copy.deepcopy(
-                                {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-                            )
-                    else:
-                        evals_without_gain += 1
-                postfix = {"loss": f"{running_loss:.4f}"}
-                if last_metric is not None:
-                    postfix[config.metric] = f"{last_metric:.4f}"
-                postfix.update({k: f"{v:.3g}" for k, v in stats.items()})
-                bar.set_postfix(postfix, refresh=False)
-                bar.update(1)
-                if config.patience and evals_without_gain >= config.patience:
-                    result.stopped_early = True
+        try:
+            while state.step < self.total_steps:
+                # The epoch's order is drawn from the loader's generator when its iterator
+                # starts: a resumed epoch restarts from that state and skips what was done.
+                epoch = LoaderPosition.start(self.train_loader, position)
+                batches = iter(self.train_loader)
+                if position is not None:
+                    epoch.skip(batches, position.batches)
+                    assert saved is not None
+                    set_global_rng_state(saved["rng"])
+                    position = None
+                for batch in batches:
+                    epoch.batches += 1
+                    self._step(batch, state, bar)
+                    if state.result.stopped_early or state.step >= self.total_steps:
+                        break
+                    every = self.checkpoint.every_steps if self.checkpoint is not None else 0
+                    requested = stop is not None and stop.requested is not None
+                    if (every and state.step % every == 0) or requested:
+                        self._save(state, epoch, finished=False, start=start)
+                    if requested:
+                        raise self._interrupted(stop, state.step)
+                if state.result.stopped_early:
                     break
-                if step >= self.total_steps:
-                    break
-            if result.stopped_early:
-                break
-        bar.close()
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        result.steps = step
-        result.wall_time_s = time.perf_counter() - start
-        return result
+        finally:
+            bar.close()
+        if state.best_state is not None:
+            self.model.load_state_dict(state.best_state)
+        state.result.steps = state.step
+        state.result.wall_time_s = time.perf_counter() - start
+        if self.checkpoint is not None:
+            self._save(state, None, finished=True, start=start)
+        if stop is not None and stop.requested is not None:
+            raise self._interrupted(stop, state.step)
+        return state.result
+
+    def _step(self, batch: dict[str, torch.Tensor], state: _Progress, bar: tqdm) -> None:
+        """One optimisation step, its callbacks and, when due, an evaluation."""
+        config, result = self.config, state.result
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        loss, stats = self.loss_fn(self.model, batch)
+        if not torch.isfinite(loss):
+            raise SpruceError(
+                f"the training loss became {loss.item()} at step {state.step + 1}",
+                "lower --learning-rate or check the data",
+            )
+        loss.backward()
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        for optimizer in self.extra_optimizers:
+            optimizer.step()
+        for optimizer in (self.optimizer, *self.extra_optimizers):
+            optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        step, value = state.step, loss.item()
+        result.losses.append((step, value))
+        running = state.running_loss
+        state.running_loss = value if running is None else 0.9 * running + 0.1 * value
+        for callback in self.callbacks:
+            callback(self, step, {"loss": value, **stats})
+        epoch_end = step % len(self.train_loader) == 0
+        due = (config.eval_steps and step % config.eval_steps == 0) or epoch_end
+        if self.evaluate_fn and (due or step == self.total_steps):
+            metrics = self.evaluate_fn()
+            state.last_metric = metrics[config.metric]
+            result.evaluations.append(
+                {"step": step, "epoch": step / len(self.train_loader), **metrics}
+            )
+            if state.last_metric > state.best_value:
+                state.best_value, state.evals_without_gain = state.last_metric, 0
+                result.best_step, result.best_metrics = step, metrics
+                if self.keep_best:
+                    state.best_state = copy.deepcopy(
+                        {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+                    )
+            else:
+                state.evals_without_gain += 1
+        postfix = {"loss": f"{state.running_loss:.4f}"}
+        if state.last_metric is not None:
+            postfix[config.metric] = f"{state.last_metric:.4f}"
+        postfix.update({k: f"{v:.3g}" for k, v in stats.items()})
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+        if config.patience and state.evals_without_gain >= config.patience:
+            result.stopped_early = True
+
+    def _save(
+        self, state: _Progress, epoch: LoaderPosition | None, *, finished: bool, start: float
+    ) -> None:
+        assert self.checkpoint is not None
+        state.result.wall_time_s = time.perf_counter() - start
+        progress = {k: v for k, v in vars(state).items() if k != "result"}
+        self.checkpoint.save(
+            trainer_state(self, asdict(state.result), progress, epoch, finished=finished)
+        )
+
+    def _interrupted(self, stop: StopSignals, step: int) -> Interrupted:
+        assert self.checkpoint is not None and stop.requested is not None
+        directory = getattr(self.checkpoint, "directory", "the checkpoint")
+        return Interrupted(stop.requested, step, self.checkpoint.phase, directory)

@@ -21,6 +21,7 @@ from spruce.masks.units import UnitMasks
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import PhaseExtras, PhaseResult, learn_l0_masks
 from spruce.train import TrainConfig
+from spruce.train.checkpoint import Checkpointer
 from spruce.train.loop import LossFn
 from spruce.transfer.config import TransferConfig
 from spruce.transfer.objective import AuxiliaryObjective, StepsLoader, with_auxiliary
@@ -56,11 +57,13 @@ def run_first_stage(
     target_steps: int,
     device: torch.device,
     progress: bool,
+    checkpoint: Checkpointer | None = None,
 ) -> FirstStage:
     """Prune ``model`` on the auxiliary tasks alone (same target sparsity and schedule
     shape as the target's phase), then restore what ``--transfer`` does not carry over:
     ``weights`` keeps the stage's encoder weights and starts fresh gates, ``masks``
-    restores the original weights and keeps the stage's gates, ``both`` keeps both."""
+    restores the original weights and keeps the stage's gates, ``both`` keeps both.
+    With a ``checkpoint`` the stage is the resumable phase ``auxiliary stage``."""
     transfer = objective.config.transfer
     original = copy.deepcopy(model.state_dict()) if transfer == "masks" else None
     steps = objective.config.aux_steps or target_steps
@@ -76,6 +79,9 @@ def run_first_stage(
         progress,
         [objective.optimizer(train.learning_rate)],
         description="auxiliary stage (l0)",
+        checkpoint=checkpoint,
+        checkpoint_modules=[objective],
+        phase="auxiliary stage",
     )
     if original is not None:
         model.load_state_dict(original)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -14,33 +15,84 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBas
 from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, read_table, tokenize_split
 from spruce.data.columns import resolve_columns
 from spruce.errors import SpruceError
+from spruce.train.rng import generator_state, set_generator_state
 from spruce.transfer.config import AuxTask
 
 TEXT_SUFFIXES = (".txt", ".text")
 
 
 class Stream:
-    """Endless batches from ``loader``: a new (seeded) epoch starts when one runs out."""
+    """Endless batches from ``loader``: a new (seeded) epoch starts when one runs out.
+
+    Its state (for checkpoints) is the position in the current epoch, the generator state
+    that epoch's order was drawn from, and the collator's generator (MLM masking).
+    """
 
     def __init__(self, loader: DataLoader) -> None:
         if len(loader) == 0:
             raise SpruceError("an auxiliary task has no data", "check its file")
         self.loader = loader
         self._iterator: Iterator | None = None
+        self._epoch_start: torch.Tensor | None = None
+        self._batches = 0
         self.epochs = 0
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._iterator is None:
-            self._iterator = iter(self.loader)
+            self._start_epoch()
+        assert self._iterator is not None
         try:
-            return next(self._iterator)
+            batch = next(self._iterator)
         except StopIteration:
             self.epochs += 1
-            self._iterator = iter(self.loader)
-            return next(self._iterator)
+            self._start_epoch()
+            batch = next(self._iterator)
+        self._batches += 1
+        return batch
 
     def __iter__(self) -> Stream:
         return self
+
+    def _start_epoch(self) -> None:
+        self._epoch_start = generator_state(self.loader.generator)
+        self._iterator = iter(self.loader)
+        self._batches = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "started": self._iterator is not None,
+            "epoch_start": self._epoch_start,
+            "batches": self._batches,
+            "generator": generator_state(self.loader.generator),
+            "collator": generator_state(_collator_generator(self.loader)),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rewind to the saved epoch's start and redraw its batches up to the saved one
+        (the simple way to rebuild the loader's iterator exactly)."""
+        self.epochs = state["epochs"]
+        self._iterator = None
+        if state["started"]:
+            set_generator_state(self.loader.generator, state["epoch_start"])
+            self._start_epoch()
+            for _ in range(state["batches"]):
+                next(self._iterator)
+            self._batches = state["batches"]
+        set_generator_state(self.loader.generator, state["generator"])
+        collate = self.loader.collate_fn
+        if state["collator"] is None:
+            if hasattr(collate, "generator"):
+                collate.generator = None  # created from its seed on first use, as at first
+        else:
+            if getattr(collate, "generator", None) is None:
+                collate.generator = torch.Generator()
+            collate.generator.set_state(state["collator"])
+
+
+def _collator_generator(loader: DataLoader) -> torch.Generator | None:
+    generator = getattr(loader.collate_fn, "generator", None)
+    return generator if isinstance(generator, torch.Generator) else None
 
 
 def mlm_texts(task: AuxTask, target: TaskData) -> datasets.Dataset:

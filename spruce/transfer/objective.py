@@ -129,6 +129,25 @@ class AuxiliaryObjective:
             return next(target.parameters()).sum() * 0.0
         return self.config.tie_strength * penalty
 
+    def state_dict(self) -> dict:
+        """Heads, counters and each stream's position: what a resumed phase needs to draw
+        and weight the same auxiliary batches (``spruce.train.checkpoint``)."""
+        return {
+            "heads": self.heads.state_dict(),
+            "phase": self.phase,
+            "step": self.step,
+            "credit": self._credit,
+            "calls": dict(self.calls),
+            "streams": [runtime.stream.state_dict() for runtime in self.runtimes],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.heads.load_state_dict(state["heads"])
+        self.phase, self.step, self._credit = state["phase"], state["step"], state["credit"]
+        self.calls = dict(state["calls"])
+        for runtime, stream_state in zip(self.runtimes, state["streams"], strict=True):
+            runtime.stream.load_state_dict(stream_state)
+
     def compact_heads(self, kept: torch.Tensor) -> None:
         """Slice every head to the kept hidden dimensions (after compaction)."""
         for runtime in self.runtimes:
