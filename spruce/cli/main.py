@@ -11,6 +11,7 @@ from spruce.cli import adapt, bank, data, demo, evaluate, finetune, grid, prune
 from spruce.cli.parsing import Parser
 from spruce.errors import SpruceError
 from spruce.train.checkpoint import checkpoint_dir
+from spruce.train.distributed import context
 from spruce.train.interrupt import (
     Interrupted,
     can_handle_signals,
@@ -54,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # checkpointed training phase the trainer takes it over and saves first.
     installed = can_handle_signals()
     previous = signal.signal(signal.SIGTERM, raise_interrupted) if installed else None
+    distributed = context()  # under torchrun: WORLD_SIZE, RANK, LOCAL_RANK
+    stdout = sys.stdout
+    if not distributed.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints the summary
     try:
         _quiet_libraries()
         return args.handler(args)
@@ -66,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if installed:
             restore_handler(signal.SIGTERM, previous)
+        distributed.destroy()
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
 
 
 def _interrupted(error: KeyboardInterrupt, args) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datasets
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -41,9 +42,25 @@ def make_loader(
     *,
     shuffle: bool = False,
     seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> DataLoader:
     """Batches padded to their longest member; shuffling draws from its own seeded generator
-    so the data order depends on ``seed`` only."""
+    so the data order depends on ``seed`` only.
+
+    With ``num_replicas > 1`` (multi-process training) the loader yields the shard of
+    process ``rank`` through a :class:`DistributedSampler` seeded with ``seed`` (whose
+    ``set_epoch`` the trainer calls); each process sees ``1 / num_replicas`` of the data."""
+    if num_replicas > 1:
+        sampler = DistributedSampler(
+            encoded, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
+        )
+        return DataLoader(
+            encoded,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
+        )
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         encoded,

@@ -19,6 +19,7 @@ from spruce.models import TASK_METADATA_KEY
 from spruce.pipelines.runtime import resolve_device
 from spruce.train import TrainConfig, evaluate, seed_everything
 from spruce.train.checkpoint import DEFAULT_EVERY_STEPS, Checkpointer, checkpoint_dir
+from spruce.train.distributed import context
 from spruce.utils.atomic import check_output_dir
 
 
@@ -48,14 +49,20 @@ def begin_run(
 ) -> tuple[torch.device, TaskData, Checkpointer | None]:
     """What every training command does first, before any slow work: validate settings,
     refuse an ``--out`` that may not be written, open the checkpoint, fix threads, device
-    and seed, read data. ``configuration`` is the report's ``config`` section."""
+    and seed, read data. ``configuration`` is the report's ``config`` section.
+
+    Under ``torchrun`` each process joins the process group here; all are seeded alike
+    (gates start equal), rank 0 alone prepares the checkpoint directory."""
     run.train.validate()
     if run.out is not None:
         check_output_dir(Path(run.out), run.overwrite)
+    distributed = context()
+    distributed.init()
     checkpoint = open_checkpoint(run, command, configuration)
+    distributed.barrier()  # rank 0 may have removed a stale checkpoint
     if run.threads:
         torch.set_num_threads(run.threads)
-    device = resolve_device(run.device)
+    device = distributed.device(resolve_device(run.device))
     seed_everything(run.train.seed)
     return device, load_task(run.data), checkpoint
 
@@ -87,9 +94,9 @@ def open_checkpoint(
             f"a checkpoint of an unfinished run exists in {directory}",
             "rerun with --resume to continue it, or --overwrite to start again",
         )
-    if directory.exists():  # --overwrite, or a first save that never completed
+    if directory.exists() and context().is_main:  # --overwrite, or an incomplete first save
         checkpoint.remove()
-    if run.resume:
+    if run.resume and context().is_main:
         print(f"spruce: no checkpoint in {directory}; starting from the beginning", file=sys.stderr)
     return checkpoint if run.checkpoint_steps else None
 
@@ -97,7 +104,10 @@ def open_checkpoint(
 def build_loaders(
     task: TaskData, tokenizer: PreTrainedTokenizerBase, train: TrainConfig, max_length: int
 ) -> dict[str, DataLoader]:
-    """A shuffled (seeded) training loader and ordered validation/test loaders."""
+    """A shuffled (seeded) training loader and ordered validation/test loaders. With
+    several processes the training loader yields this process's shard (``batch_size``
+    is then per process); evaluation loaders cover the whole split."""
+    distributed = context()
     loaders = {
         "train": make_loader(
             tokenize_split(task.train, tokenizer, max_length),
@@ -105,6 +115,8 @@ def build_loaders(
             train.batch_size,
             shuffle=True,
             seed=train.seed,
+            num_replicas=distributed.world_size,
+            rank=distributed.rank,
         )
     }
     for name in ("validation", "test"):

@@ -19,6 +19,7 @@ from spruce.pipelines.common import (
 from spruce.report import count_parameters, plot_learning_curve, write_report
 from spruce.train import Trainer, evaluate
 from spruce.train.checkpoint import phase_checkpoint
+from spruce.train.distributed import context
 from spruce.utils.atomic import staged_output_dir
 
 
@@ -71,7 +72,7 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
         }
     )
     report["wall_time_s"] = round(time.perf_counter() - start, 2)
-    if run.out is not None:
+    if run.out is not None and context().is_main:  # with several processes rank 0 writes
         with staged_output_dir(Path(run.out), run.overwrite) as staging:
             model.save_pretrained(staging / "model")
             tokenizer.save_pretrained(staging / "model")
@@ -84,6 +85,7 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
             )
             report["wall_time_s"] = round(time.perf_counter() - start, 2)
             write_report(report, staging / "report.json")
+    context().barrier()
     if checkpoint is not None:
         checkpoint.remove()  # --out is complete
     return report

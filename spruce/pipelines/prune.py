@@ -46,6 +46,7 @@ from spruce.train.distillation import (
     default_teacher_layers,
     distillation_loss_fn,
 )
+from spruce.train.distributed import context
 from spruce.train.loop import LossFn
 from spruce.train.resume import Stateful
 from spruce.transfer.config import TransferConfig
@@ -75,6 +76,11 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     run.prune.validate()
     run.transfer.validate()
     check_compatible(run.transfer, run.prune)
+    if run.transfer.active and context().enabled:
+        raise SpruceError(
+            "transfer learning (auxiliary tasks) does not run in several processes yet",
+            "launch this command without torchrun, or drop the transfer options",
+        )
     configuration = {
         "prune": run.prune.to_dict(),
         "transfer": run.transfer.to_dict(),
@@ -253,7 +259,8 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             "config": configuration,
         }
     )
-    if run.prune.measure_latency:
+    main = context().is_main
+    if run.prune.measure_latency and main:  # one process measures, on an idle machine
         compact.cpu()
         report["latency_ms"] = measure_latency_table(
             {"dense": dense_reference.cpu(), "pruned": compact},
@@ -262,8 +269,9 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             threads=run.threads,
             repeats=run.prune.latency_repeats,
         )
-    if run.out is not None:
+    if run.out is not None and main:  # with several processes rank 0 writes
         _write_outputs(run, task, report, compact, tokenizer, dense_reference, final, start)
+    context().barrier()  # --out is complete before any process leaves
     if checkpoint is not None:
         checkpoint.remove()  # --out is complete
     report["wall_time_s"] = round(time.perf_counter() - start, 2)

@@ -29,6 +29,7 @@ from spruce.pruning.config import PruneConfig
 from spruce.pruning.selection import select_units
 from spruce.train import TrainConfig, Trainer, TrainResult
 from spruce.train.checkpoint import Checkpointer, phase_checkpoint, remember
+from spruce.train.distributed import context
 from spruce.train.loop import LossFn
 from spruce.train.resume import Stateful
 
@@ -231,7 +232,12 @@ def score_and_prune(
             )
             return dict(chosen.items())
 
-        masks = UnitMasks(**remember(checkpoint, f"prune round {round_index} masks", choose))
+        # With several processes rank 0 scores (on its shard) and every process takes its
+        # choice, so that all prune the same units.
+        chosen = remember(
+            checkpoint, f"prune round {round_index} masks", lambda c=choose: context().on_main(c)
+        )
+        masks = UnitMasks(**chosen)
         if round_index < prune.prune_rounds:
             config = phase_config(
                 train,

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import torch
 
 from spruce.errors import SpruceError
+from spruce.train.distributed import is_main
 from spruce.utils.atomic import StorageError, storage_errno
 
 DEFAULT_EVERY_STEPS = 50
@@ -155,6 +156,8 @@ class Checkpointer:
             self.products = dict(latest.get("products") or {})
 
     def remove(self) -> None:
+        if not is_main():  # with several processes, rank 0 owns the directory
+            return
         shutil.rmtree(self.directory, ignore_errors=True)
         self._run_written = False
 
@@ -175,7 +178,9 @@ class Checkpointer:
 
     def write(self, filename: str, state: dict[str, Any]) -> None:
         """Save ``state`` as ``filename``, atomically (the previous file stays until the
-        new one is complete)."""
+        new one is complete). With several processes only rank 0 writes."""
+        if not is_main():
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             if not self._run_written:

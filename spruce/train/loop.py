@@ -9,6 +9,11 @@ With a ``checkpoint`` (``spruce.train.checkpoint``) the loop saves its whole sta
 ``checkpoint.every_steps`` steps and at the end, continues from a saved state when
 ``fit()`` starts, and turns SIGINT/SIGTERM into a save at the next step boundary followed
 by :class:`~spruce.train.interrupt.Interrupted` (``spruce.train.resume`` has the state).
+
+Under ``torchrun`` (``spruce.train.distributed``) the loss is computed through a
+``DistributedDataParallel`` wrapper of the model, the gradients of every other optimizer's
+parameters (gates, multipliers, a distiller) are averaged over the processes before they
+step, evaluation runs on rank 0 and is broadcast, and only rank 0 checkpoints.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from spruce.errors import SpruceError
 from spruce.train.config import TrainConfig
+from spruce.train.distributed import context, optimizer_parameters, owned_optimizers
 from spruce.train.interrupt import Interrupted, StopSignals
 from spruce.train.resume import (
     LoaderPosition,
@@ -119,7 +127,10 @@ class Trainer:
         # While a pruning phase changes the structure, an early checkpoint is not "best".
         self.keep_best = keep_best
         self.device = torch.device(device)
-        self.progress = progress
+        self.distributed = context()
+        self.progress = progress and self.distributed.is_main
+        self._forward_model: Any = model  # what loss_fn calls (see _replicate)
+        self._outside: list[torch.nn.Parameter] = []
         self.description = description
         self.checkpoint = checkpoint
         self.checkpoint_modules = list(checkpoint_modules)
@@ -156,6 +167,29 @@ class Trainer:
         with StopSignals() as stop:
             return self._train(saved, stop)
 
+    def _replicate(self) -> Any:
+        """What the loss_fn calls: the model itself, or with several processes a view whose
+        calls go through ``DistributedDataParallel`` (which averages the model's gradients
+        during backward) and whose attributes are the model's. Rank 0's weights and the
+        values of the other optimizers' parameters are given to every process first."""
+        if not self.distributed.active:
+            return self.model
+        self.distributed.broadcast_parameters(self._synchronized_parameters())
+        # A static graph: the same parameters take part in every step of a phase, and
+        # those that never do (an unused pooler, say) are found on the first step instead
+        # of by a search of the graph at each step (find_unused_parameters).
+        ddp = DistributedDataParallel(self.model, static_graph=True)
+        return _Replicated(ddp)
+
+    def _synchronized_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters that learn outside the model: those of the extra optimizers and of
+        the callbacks' optimizers (gates and Lagrange multipliers)."""
+        optimizers = [*self.extra_optimizers]
+        for callback in self.callbacks:
+            optimizers.extend(owned_optimizers(callback))
+        in_model = {id(p) for p in self.model.parameters()}
+        return [p for p in optimizer_parameters(optimizers) if id(p) not in in_model]
+
     def _train(self, saved: dict[str, Any] | None, stop: StopSignals | None) -> TrainResult:
         state = _Progress()
         position = None
@@ -163,6 +197,8 @@ class Trainer:
             restore_trainer(self, saved)
             state = _Progress(result=TrainResult(**saved["result"]), **saved["progress"])
             position = LoaderPosition(**saved["loader"])
+        self._forward_model = self._replicate()
+        self._outside = self._synchronized_parameters()
         start = time.perf_counter() - state.result.wall_time_s
         bar = tqdm(
             total=self.total_steps,
@@ -176,6 +212,10 @@ class Trainer:
             while state.step < self.total_steps:
                 # The epoch's order is drawn from the loader's generator when its iterator
                 # starts: a resumed epoch restarts from that state and skips what was done.
+                sampler = getattr(self.train_loader, "sampler", None)
+                if isinstance(sampler, DistributedSampler):
+                    # The shards' order is drawn from (seed, epoch).
+                    sampler.set_epoch(state.step // len(self.train_loader))
                 epoch = LoaderPosition.start(self.train_loader, position)
                 batches = iter(self.train_loader)
                 if position is not None:
@@ -198,6 +238,7 @@ class Trainer:
                     break
         finally:
             bar.close()
+            self._forward_model = self.model
         if state.best_state is not None:
             self.model.load_state_dict(state.best_state)
         state.result.steps = state.step
@@ -212,13 +253,14 @@ class Trainer:
         """One optimisation step, its callbacks and, when due, an evaluation."""
         config, result = self.config, state.result
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        loss, stats = self.loss_fn(self.model, batch)
+        loss, stats = self.loss_fn(self._forward_model, batch)
         if not torch.isfinite(loss):
             raise SpruceError(
                 f"the training loss became {loss.item()} at step {state.step + 1}",
                 "lower --learning-rate or check the data",
             )
         loss.backward()
+        self.distributed.average_gradients(self._outside)
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
         self.optimizer.step()
@@ -237,7 +279,9 @@ class Trainer:
         epoch_end = step % len(self.train_loader) == 0
         due = (config.eval_steps and step % config.eval_steps == 0) or epoch_end
         if self.evaluate_fn and (due or step == self.total_steps):
-            metrics = self.evaluate_fn()
+            # Rank 0 evaluates; every process gets its metrics, so that best weights and
+            # early stopping are decided alike everywhere.
+            metrics = self.distributed.on_main(self.evaluate_fn)
             state.last_metric = metrics[config.metric]
             result.evaluations.append(
                 {"step": step, "epoch": step / len(self.train_loader), **metrics}
@@ -265,6 +309,8 @@ class Trainer:
     ) -> None:
         assert self.checkpoint is not None
         state.result.wall_time_s = time.perf_counter() - start
+        if not self.distributed.is_main:
+            return
         progress = {k: v for k, v in vars(state).items() if k != "result"}
         self.checkpoint.save(
             trainer_state(self, asdict(state.result), progress, epoch, finished=finished)
@@ -274,3 +320,17 @@ class Trainer:
         assert self.checkpoint is not None and stop.requested is not None
         directory = getattr(self.checkpoint, "directory", "the checkpoint")
         return Interrupted(stop.requested, step, self.checkpoint.phase, directory)
+
+
+class _Replicated:
+    """The model seen through ``DistributedDataParallel``: calls run the wrapper, attribute
+    reads (``config``, ``base_model``, ...) reach the model."""
+
+    def __init__(self, ddp: DistributedDataParallel) -> None:
+        self._ddp = ddp
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._ddp(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ddp.module, name)
