@@ -1,6 +1,7 @@
 """Pruning sweep on SST-2 / RTE with the default MiniLM (issue 3 benchmarks, docs/results.md).
 
-Resumable: a run whose report.json exists is skipped. Run one process at a time.
+Resumable: a run whose report.json exists is skipped, and one killed mid-way continues from
+its checkpoint (`--resume`). Run one process at a time.
 
     python bench/prune_sweep.py --grid sparsity     # SST-2, 1 seed, 60/80/90/95%, 4 variants
     python bench/prune_sweep.py --grid seeds        # 90%, 3 seeds, SST-2 and RTE
@@ -77,6 +78,8 @@ def execute(command: list[str], done: Path) -> None:
     if done.exists():
         print(f"skip {done.parent.name}: already done", flush=True)
         return
+    if Path(f"{done.parent}.checkpoint").is_dir():
+        command = [*command, "--resume"]  # a killed run continues where it stopped
     print("$", shlex.join(command), flush=True)
     subprocess.run(command, check=True, cwd=REPO)
 
