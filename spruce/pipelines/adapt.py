@@ -25,25 +25,21 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from spruce.adapters import AdapterConfig, find_adapters
 from spruce.compact import apply_masks, check_onnx, compact_model, export_onnx, save_pruned
 from spruce.compact.vocab import directory_bytes
-from spruce.masks.accounting import (
-    dense_encoder_params,
-    encoder_params_from_masks,
-    structure_from_masks,
-)
 from spruce.masks.units import UnitMasks
 from spruce.models import encoder_shape, load_classifier
 from spruce.pipelines.common import (
     RunSettings,
     begin_run,
     build_loaders,
+    compact_summary,
     evaluate_splits,
+    latency_seq_len,
     record_task,
     report_header,
 )
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import PhaseResult, learn_l0_masks, phase_config, score_and_prune
-from spruce.report import count_parameters, plot_learning_curve, write_report
-from spruce.report.flops import flops_summary
+from spruce.report import plot_learning_curve, write_report
 from spruce.report.latency import measure_latency_table
 from spruce.report.structure_plot import plot_structure_heatmap
 from spruce.spa.config import LEARNED, AdaptConfig
@@ -62,7 +58,6 @@ from spruce.utils.atomic import staged_output_dir
 
 __all__ = ["AdaptConfig", "AdaptRun", "run_adapt"]
 
-LATENCY_SEQ_LEN = 128
 CHECK_BATCHES = 4  # real batches on which the masked and the fused model are compared
 
 
@@ -86,7 +81,6 @@ def run_adapt(run: AdaptRun) -> dict[str, Any]:
     model, tokenizer, source = load_classifier(run.model, task.label_names)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
     dense_reference = copy.deepcopy(model).eval()
-    dense_shape = encoder_shape(model.config)
     adapter = None if settings.fine_prune else settings.adapter_config()
     base = None
     if adapter is not None:
@@ -110,10 +104,8 @@ def run_adapt(run: AdaptRun) -> dict[str, Any]:
     report = report_header(
         "adapt", task, source, run.train.metric, split_metrics, run.train.seed, device
     )
-    seq_len = min(LATENCY_SEQ_LEN, dense_reference.config.max_position_embeddings - 2)
-    params, dense_params = count_parameters(compact), count_parameters(dense_reference)
-    encoder_kept = encoder_params_from_masks(masks, dense_shape)
-    encoder_dense = dense_encoder_params(dense_shape)
+    seq_len = latency_seq_len(dense_reference)
+    report.update(compact_summary(compact, dense_reference, masks, task.num_labels))
     unit_bits = sum(value.numel() for _, value in masks.items())
     wrappers = find_adapters(model).values()
     report.update(
@@ -123,28 +115,13 @@ def run_adapt(run: AdaptRun) -> dict[str, Any]:
             "criterion": settings.criterion,
             "units": list(ADAPT_UNITS if settings.criterion == LEARNED else ("head", "ffn_neuron")),
             "target_sparsity": settings.target_sparsity,
-            "sparsity": {
-                "encoder": round(1 - encoder_kept / encoder_dense, 6),
-                "total": round(1 - params["total"] / dense_params["total"], 6),
-            },
-            "params": {
-                **params,
-                "dense_total": dense_params["total"],
-                "dense_encoder": dense_params["encoder"],
-                "encoder_weights": encoder_kept,
-                "dense_encoder_weights": encoder_dense,
-            },
             "learned_params": (
                 sum(w.learned_parameters() for w in wrappers)
                 + sum(p.numel() for p in head_parameters(model).values())
                 if adapter is not None
-                else params["total"]
+                else report["params"]["total"]
             ),
             "mask_bits": unit_bits + sum(w.mask_bits() for w in wrappers),
-            "structure": structure_from_masks(masks, dense_shape),
-            "flops": flops_summary(
-                dense_shape, encoder_shape(compact.config), seq_len, task.num_labels
-            ),
             "masked_metrics": masked_metrics,
             "fused_max_abs_diff": fused_diff,
             "phases": {

@@ -15,8 +15,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import spruce
 from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, tokenize_split
 from spruce.errors import SpruceError
-from spruce.models import TASK_METADATA_KEY
+from spruce.masks.accounting import (
+    dense_encoder_params,
+    encoder_params_from_masks,
+    structure_from_masks,
+)
+from spruce.masks.units import UnitMasks
+from spruce.models import TASK_METADATA_KEY, encoder_shape
 from spruce.pipelines.runtime import resolve_device
+from spruce.report import count_parameters
+from spruce.report.flops import flops_summary
 from spruce.train import TrainConfig, evaluate, seed_everything
 from spruce.train.checkpoint import DEFAULT_EVERY_STEPS, Checkpointer, checkpoint_dir
 from spruce.train.distributed import context
@@ -182,4 +190,41 @@ def report_header(
         "device": str(device),
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
+    }
+
+
+# Latency and FLOPs at 128 tokens as the pruning issue asks; tiny test models have fewer
+# positions (RoBERTa-style models use two of them for padding offsets).
+LATENCY_SEQ_LEN = 128
+
+
+def latency_seq_len(dense: PreTrainedModel) -> int:
+    return min(LATENCY_SEQ_LEN, dense.config.max_position_embeddings - 2)
+
+
+def compact_summary(
+    compact: PreTrainedModel, dense: PreTrainedModel, masks: UnitMasks, num_labels: int
+) -> dict[str, Any]:
+    """The report sections every pruned model has: ``sparsity`` (encoder weights and all
+    parameters), ``params``, ``structure`` and ``flops`` of ``compact`` against ``dense``."""
+    dense_shape = encoder_shape(dense.config)
+    params, dense_params = count_parameters(compact), count_parameters(dense)
+    encoder_kept = encoder_params_from_masks(masks, dense_shape)
+    encoder_dense = dense_encoder_params(dense_shape)
+    return {
+        "sparsity": {
+            "encoder": round(1 - encoder_kept / encoder_dense, 6),
+            "total": round(1 - params["total"] / dense_params["total"], 6),
+        },
+        "params": {
+            **params,
+            "dense_total": dense_params["total"],
+            "dense_encoder": dense_params["encoder"],
+            "encoder_weights": encoder_kept,
+            "dense_encoder_weights": encoder_dense,
+        },
+        "structure": structure_from_masks(masks, dense_shape),
+        "flops": flops_summary(
+            dense_shape, encoder_shape(compact.config), latency_seq_len(dense), num_labels
+        ),
     }

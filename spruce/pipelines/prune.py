@@ -19,24 +19,20 @@ from spruce.compact import check_onnx, compact_model, export_onnx, save_pruned
 from spruce.compact.vocab import directory_bytes, trim_vocabulary
 from spruce.data import TaskData
 from spruce.errors import SpruceError
-from spruce.masks.accounting import (
-    dense_encoder_params,
-    encoder_params_from_masks,
-    structure_from_masks,
-)
 from spruce.models import encoder_shape, load_classifier, load_saved_classifier
 from spruce.pipelines.common import (
     RunSettings,
     begin_run,
     build_loaders,
+    compact_summary,
     evaluate_splits,
+    latency_seq_len,
     record_task,
     report_header,
 )
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import learn_l0_masks, phase_config, score_and_prune
-from spruce.report import count_parameters, plot_learning_curve, write_report
-from spruce.report.flops import flops_summary
+from spruce.report import plot_learning_curve, write_report
 from spruce.report.latency import measure_latency_table
 from spruce.report.structure_plot import plot_structure_heatmap
 from spruce.train import Trainer, classification_loss, evaluate
@@ -59,8 +55,6 @@ from spruce.transfer.coupling import (
 )
 from spruce.transfer.objective import build_objective
 from spruce.utils.atomic import staged_output_dir
-
-LATENCY_SEQ_LEN = 128
 
 
 @dataclass
@@ -222,33 +216,13 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     report = report_header(
         "prune", task, source, run.train.metric, split_metrics, run.train.seed, device
     )
-    # 128 tokens as in the issue; tiny test models have fewer positions (RoBERTa uses two
-    # of them for padding offsets).
-    seq_len = min(LATENCY_SEQ_LEN, dense_reference.config.max_position_embeddings - 2)
-    params = count_parameters(compact)
-    dense_params = count_parameters(dense_reference)
-    encoder_kept = encoder_params_from_masks(masks, dense_shape)
-    encoder_dense = dense_encoder_params(dense_shape)
+    seq_len = latency_seq_len(dense_reference)
+    report.update(compact_summary(compact, dense_reference, masks, task.num_labels))
     report.update(
         {
             "method": run.prune.method,
             "units": list(run.prune.units),
             "target_sparsity": run.prune.target_sparsity,
-            "sparsity": {
-                "encoder": round(1 - encoder_kept / encoder_dense, 6),
-                "total": round(1 - params["total"] / dense_params["total"], 6),
-            },
-            "params": {
-                **params,
-                "dense_total": dense_params["total"],
-                "dense_encoder": dense_params["encoder"],
-                "encoder_weights": encoder_kept,
-                "dense_encoder_weights": encoder_dense,
-            },
-            "structure": structure_from_masks(masks, dense_shape),
-            "flops": flops_summary(
-                dense_shape, encoder_shape(compact.config), seq_len, task.num_labels
-            ),
             "dense_metrics": dense_metrics,
             "transfer": {
                 **run.transfer.to_report(),
