@@ -1,7 +1,7 @@
 """Pruning sweep on SST-2 / RTE with the default MiniLM (issue 3 benchmarks, docs/results.md).
 
 Resumable: a run whose report.json exists is skipped, and one killed mid-way continues from
-its checkpoint (`--resume`). Run one process at a time.
+its checkpoint (`--resume`). Nothing else should train beside it.
 
     python bench/prune_sweep.py --grid sparsity     # SST-2, 1 seed, 60/80/90/95%, 4 variants
     python bench/prune_sweep.py --grid seeds        # 90%, 3 seeds, SST-2 and RTE
@@ -12,8 +12,10 @@ Two workers, one thread each, share the 2 cores better than one worker with two 
 (small matrices scale poorly across threads): run ``--shard 0/2`` and ``--shard 1/2`` side
 by side with ``OMP_NUM_THREADS=1``. Shards split the run list, so no run is done twice.
 
-Every run: 1,000 labelled examples, AdamW lr 1e-4, batch 32, pruning phase 10 epochs,
-final fine-tune 5 epochs, SST-2 at 64 tokens (its phrases are short), RTE at 128,
+Every run: 1,000 labelled examples, AdamW lr 1e-4, batch 32. SST-2 at 64 tokens (its
+phrases are short): pruning phase 10 epochs, final fine-tune 5. RTE at 128 tokens (sentence
+pairs, about 4x the tokens of SST-2): pruning phase 5 epochs, final fine-tune 3, so that a
+run takes about 20 minutes with one thread instead of an hour;
 validation on 1,000 stratified SST-2 validation phrases (RTE: none; its validation file
 is the test split). Runs skip their own latency measurement (``--no-latency``): the sweep
 is meant to run beside other work, which would spoil timings. Time the finished shapes
@@ -39,6 +41,7 @@ TASKS = {
     "rte": ["--train", f"{DATA}/rte/train.tsv", "--test", f"{DATA}/rte/validation.tsv",
             "--max-length", "128"],
 }  # fmt: skip
+PHASE_EPOCHS = {"sst2": [], "rte": ["--prune-epochs", "5", "--final-epochs", "3"]}
 VARIANTS = {
     "l0": ["--method", "l0"],
     "l0-distill": ["--method", "l0", "--teacher", "{teacher}"],
@@ -73,7 +76,8 @@ def prune_command(run: tuple, root: Path) -> list[str]:
     name, task, variant, sparsity, seed = run
     teacher = str(root / "teachers" / f"{task}-s{seed}")
     options = [part.format(teacher=teacher) for part in VARIANTS[variant]]
-    return ["spruce", "prune", *TASKS[task], *options, "--max-train-samples", "1000",
+    return ["spruce", "prune", *TASKS[task], *PHASE_EPOCHS[task], *options,
+            "--max-train-samples", "1000",
             "--target-sparsity", str(sparsity), "--seed", str(seed), "--no-latency",
             "--out", str(root / name)]  # fmt: skip
 
@@ -128,13 +132,19 @@ def main() -> None:
     parser.add_argument("--grid", choices=("sparsity", "seeds", "all"), required=True)
     parser.add_argument("--root", type=Path, default=Path("runs/bench/prune"))
     parser.add_argument("--table-only", action="store_true")
-    parser.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",
-                        help="run only every N-th run of the grid, starting at the K-th")
+    parser.add_argument(
+        "--shard",
+        type=shard,
+        default=(0, 1),
+        metavar="K/N",
+        help="run only every N-th run of the grid, starting at the K-th",
+    )
     args = parser.parse_args()
     if not args.table_only:
         index, count = args.shard
-        pending = [run for run in runs(args.grid)
-                   if not (args.root / run[0] / "report.json").exists()]
+        pending = [
+            run for run in runs(args.grid) if not (args.root / run[0] / "report.json").exists()
+        ]
         for run in pending[index::count]:
             if run[2] == "l0-distill":
                 teacher = args.root / "teachers" / f"{run[1]}-s{run[4]}"
