@@ -23,10 +23,9 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spruce.adapters import AdapterConfig, find_adapters
-from spruce.compact import apply_masks, check_onnx, compact_model, export_onnx, save_pruned
-from spruce.compact.vocab import directory_bytes
+from spruce.compact import apply_masks, compact_model
 from spruce.masks.units import UnitMasks
-from spruce.models import encoder_shape, load_classifier
+from spruce.models import load_classifier
 from spruce.pipelines.common import (
     RunSettings,
     begin_run,
@@ -37,11 +36,16 @@ from spruce.pipelines.common import (
     record_task,
     report_header,
 )
+from spruce.pipelines.outputs import (
+    onnx_check_texts,
+    phase_summary,
+    save_compact_model,
+    write_model_views,
+)
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import PhaseResult, learn_l0_masks, phase_config, score_and_prune
-from spruce.report import plot_learning_curve, write_report
+from spruce.report import write_report
 from spruce.report.latency import measure_latency_table
-from spruce.report.structure_plot import plot_structure_heatmap
 from spruce.spa.config import LEARNED, AdaptConfig
 from spruce.spa.task_file import TENSORS_NAME, BaseReference, save_task
 from spruce.spa.wiring import (
@@ -125,8 +129,8 @@ def run_adapt(run: AdaptRun) -> dict[str, Any]:
             "masked_metrics": masked_metrics,
             "fused_max_abs_diff": fused_diff,
             "phases": {
-                "prune": [_phase_summary(r) for r in phase.results],
-                "final": _phase_summary(final),
+                "prune": [phase_summary(r) for r in phase.results],
+                "final": phase_summary(final),
             },
             "config": configuration,
         }
@@ -139,7 +143,7 @@ def run_adapt(run: AdaptRun) -> dict[str, Any]:
             threads=run.threads,
             repeats=settings.latency_repeats,
         )
-    texts = [t if isinstance(t, str) else t[0] for t in itertools.islice(_texts(task), 16)]
+    texts = onnx_check_texts(task)
     outcome = _Outcome(model, masks, base, adapter, compact, tokenizer, dense_reference, final)
     if run.out is not None:
         with staged_output_dir(Path(run.out), run.overwrite) as staging:
@@ -266,12 +270,9 @@ class _Outcome:
 def _write_outputs(
     run: AdaptRun, report: dict, staging: Path, out: _Outcome, texts: list[str], start: float
 ) -> None:
-    save_pruned(out.compact, out.tokenizer, staging / "model")
-    with tempfile.TemporaryDirectory() as scratch:
-        out.dense.save_pretrained(scratch)
-        base_bytes = sum(p.stat().st_size for p in Path(scratch).glob("*.safetensors"))
-    report["base_model_bytes"] = base_bytes
-    report["bytes_on_disk"] = {"dense": base_bytes, "pruned": directory_bytes(staging / "model")}
+    sizes = save_compact_model(staging, out.compact, out.tokenizer, out.dense)
+    report["base_model_bytes"] = sizes["dense_weights"]
+    report["bytes_on_disk"] = {"dense": sizes["dense"], "pruned": sizes["pruned"]}
     if out.adapter is not None:
         assert out.base is not None
         save_task(staging, out.model, out.masks, out.base, out.adapter)
@@ -280,43 +281,19 @@ def _write_outputs(
         report["task_file_bytes"] = report["bytes_on_disk"]["pruned"]
     if run.out is None:
         return
-    if run.adapt.export_onnx:
-        path = export_onnx(out.compact, out.tokenizer, staging / "model.onnx")
-        difference = check_onnx(path, out.compact, out.tokenizer, texts, run.max_length)
-        report["onnx"] = {"max_abs_diff": difference}
-    shape = encoder_shape(out.dense.config)
-    plot_structure_heatmap(
-        report["structure"],
-        {"hidden": shape.hidden_size, "layers": shape.to_dict()["layers"]},
-        staging / "structure.png",
-        title=f"{report['task']}: {report['sparsity']['encoder']:.0%} encoder sparsity "
-        f"({report['mode']}, {report['criterion']})",
-    )
-    plot_learning_curve(
-        out.final.losses,
-        out.final.evaluations,
-        run.train.metric,
-        staging / "learning_curve.png",
-        title=f"{report['task']}: final fine-tune with the structure fixed",
+    write_model_views(
+        staging,
+        report,
+        out.compact,
+        out.tokenizer,
+        out.dense,
+        out.final,
+        metric=run.train.metric,
+        export=run.adapt.export_onnx,
+        texts=texts,
+        max_length=run.max_length,
+        heatmap_note=f"{report['mode']}, {report['criterion']}",
+        curve_title="final fine-tune with the structure fixed",
     )
     report["wall_time_s"] = round(time.perf_counter() - start, 2)
     write_report(report, staging / "report.json")
-
-
-def _texts(task):
-    for split in (task.train, task.validation, task.test):
-        if split is None:
-            continue
-        if "text_b" in split.column_names:
-            yield from zip(split["text_a"], split["text_b"], strict=True)
-        else:
-            yield from split["text_a"]
-
-
-def _phase_summary(result: TrainResult) -> dict[str, Any]:
-    return {
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "train_time_s": round(result.wall_time_s, 2),
-        "evaluations": result.evaluations,
-    }

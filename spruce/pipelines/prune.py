@@ -4,9 +4,7 @@ final fine-tune of the compact model -> evaluation -> export and measurement."""
 from __future__ import annotations
 
 import copy
-import itertools
 import math
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -15,8 +13,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from spruce.compact import check_onnx, compact_model, export_onnx, save_pruned
-from spruce.compact.vocab import directory_bytes, trim_vocabulary
+from spruce.compact import compact_model
+from spruce.compact.vocab import trim_vocabulary
 from spruce.data import TaskData
 from spruce.errors import SpruceError
 from spruce.models import encoder_shape, load_classifier, load_saved_classifier
@@ -30,11 +28,17 @@ from spruce.pipelines.common import (
     record_task,
     report_header,
 )
+from spruce.pipelines.outputs import (
+    onnx_check_texts,
+    phase_summary,
+    save_compact_model,
+    task_texts,
+    write_model_views,
+)
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import learn_l0_masks, phase_config, score_and_prune
-from spruce.report import plot_learning_curve, write_report
+from spruce.report import write_report
 from spruce.report.latency import measure_latency_table
-from spruce.report.structure_plot import plot_structure_heatmap
 from spruce.train import Trainer, classification_loss, evaluate
 from spruce.train.checkpoint import phase_checkpoint
 from spruce.train.distillation import (
@@ -105,7 +109,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             description="teacher",
             checkpoint=phase_checkpoint(checkpoint, "teacher"),
         ).fit()
-        phases["teacher"] = _phase_summary(result)
+        phases["teacher"] = phase_summary(result)
         student = copy.deepcopy(teacher)
     elif run.prune.teacher:
         teacher = copy.deepcopy(student)
@@ -146,7 +150,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             run.progress,
             checkpoint,
         )
-        phases["auxiliary_stage"] = [_phase_summary(r) for r in first.result.results]
+        phases["auxiliary_stage"] = [phase_summary(r) for r in first.result.results]
         initial_gates = first.initial_gates
         aux_optimizers = []  # the target stages of sequential coupling see no auxiliary loss
     if run.prune.method == "l0":
@@ -179,7 +183,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             checkpoint=checkpoint,
             checkpoint_modules=[*distillers, *aux_state],
         )
-    phases["prune"] = [_phase_summary(r) for r in phase.results]
+    phases["prune"] = [phase_summary(r) for r in phase.results]
     masks = phase.masks
     compact = compact_model(student, masks)
 
@@ -203,14 +207,14 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         checkpoint=phase_checkpoint(checkpoint, "final"),
         checkpoint_modules=[*final_distillers, *aux_state],
     ).fit()
-    phases["final"] = _phase_summary(final)
+    phases["final"] = phase_summary(final)
     compact.eval()
     split_metrics = evaluate_splits(compact, loaders, device)
     dense_metrics = evaluate_splits(dense_reference, loaders, device) if teacher else None
 
     vocab = None
     if run.prune.trim_vocab:
-        tokenizer, _, vocab = trim_vocabulary(compact, tokenizer, _task_texts(task))
+        tokenizer, _, vocab = trim_vocabulary(compact, tokenizer, task_texts(task))
     record_task(compact, task, run.max_length)
 
     report = report_header(
@@ -293,58 +297,22 @@ def _initial_model(run: PruneRun, task: TaskData):
     return model, tokenizer, str(run.prune.teacher)
 
 
-def _task_texts(task: TaskData):
-    splits = [task.train, task.validation, task.test, task.unlabelled]
-    for split in splits:
-        if split is None:
-            continue
-        if "text_b" in split.column_names:
-            yield from zip(split["text_a"], split["text_b"], strict=True)
-        else:
-            yield from split["text_a"]
-
-
-def _phase_summary(result) -> dict[str, Any]:
-    return {
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "train_time_s": round(result.wall_time_s, 2),
-        "evaluations": result.evaluations,
-    }
-
-
 def _write_outputs(run, task, report, compact, tokenizer, dense_reference, final, start) -> None:
     with staged_output_dir(Path(run.out), run.overwrite) as staging:
-        save_pruned(compact, tokenizer, staging / "model")
-        with tempfile.TemporaryDirectory() as scratch:
-            dense_reference.save_pretrained(scratch)
-            dense_bytes = directory_bytes(scratch)
-        report["bytes_on_disk"] = {
-            "dense": dense_bytes,
-            "pruned": directory_bytes(staging / "model"),
-        }
-        if run.prune.export_onnx:
-            onnx_path = export_onnx(compact, tokenizer, staging / "model.onnx")
-            texts = [
-                t if isinstance(t, str) else t[0] for t in itertools.islice(_task_texts(task), 16)
-            ]
-            report["onnx"] = {
-                "max_abs_diff": check_onnx(onnx_path, compact, tokenizer, texts, run.max_length)
-            }
-        dense = encoder_shape(dense_reference.config)
-        dense_structure = {"hidden": dense.hidden_size, "layers": dense.to_dict()["layers"]}
-        plot_structure_heatmap(
-            report["structure"],
-            dense_structure,
-            staging / "structure.png",
-            title=f"{report['task']}: {report['sparsity']['encoder']:.0%} encoder sparsity",
-        )
-        plot_learning_curve(
-            final.losses,
-            final.evaluations,
-            run.train.metric,
-            staging / "learning_curve.png",
-            title=f"{report['task']}: final fine-tune of the compact model",
+        sizes = save_compact_model(staging, compact, tokenizer, dense_reference)
+        report["bytes_on_disk"] = {"dense": sizes["dense"], "pruned": sizes["pruned"]}
+        write_model_views(
+            staging,
+            report,
+            compact,
+            tokenizer,
+            dense_reference,
+            final,
+            metric=run.train.metric,
+            export=run.prune.export_onnx,
+            texts=onnx_check_texts(task),
+            max_length=run.max_length,
+            curve_title="final fine-tune of the compact model",
         )
         report["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_report(report, staging / "report.json")
