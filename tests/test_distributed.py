@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -117,3 +118,162 @@ def test_two_process_prune_matches_one_process(tiny_models, tmp_path):
     # expected: both well above chance or within a quarter of each other.
     a, b = single["metrics"]["accuracy"], double["metrics"]["accuracy"]
     assert (a >= 0.5 and b >= 0.5) or abs(a - b) <= 0.25, (a, b)
+
+
+# -- transfer from auxiliary tasks under several processes ----------------------------
+
+
+def test_auxiliary_streams_are_sharded_per_rank_and_resume_per_rank(tiny_models):
+    """Each rank draws its own shard of every auxiliary epoch with its own masking, and the
+    stream state rank 0 saves (the one every rank loads on resume) puts each rank back on
+    exactly the batches it would have drawn next."""
+    import datasets
+
+    from spruce.errors import SpruceError
+    from spruce.models import load_classifier
+    from spruce.transfer.data import mlm_stream
+
+    _, tokenizer, _ = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    texts = datasets.Dataset.from_dict(
+        {"text_a": [f"good film number {i} was dull" for i in range(40)]}
+    )
+
+    def stream(rank: int, world_size: int = 2):
+        return mlm_stream(texts, tokenizer, 4, 16, 0.3, seed=7, rank=rank, world_size=world_size)
+
+    ranks = [stream(0), stream(1)]
+    shards = [set(s.loader.sampler) for s in ranks]
+    assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 40  # disjoint, complete
+    assert len(ranks[0].loader) == len(ranks[1].loader) == 5  # half the batches each
+    first = [next(s) for s in ranks]
+    assert not torch.equal(first[0]["input_ids"], first[1]["input_ids"])
+    for _ in range(len(ranks[0].loader) + 1):  # into the second epoch
+        for s in ranks:
+            next(s)
+    saved = ranks[0].state_dict()  # what rank 0's checkpoint holds
+    for rank, original in enumerate(ranks):
+        resumed = stream(rank)
+        resumed.load_state_dict(saved)
+        for _ in range(len(original.loader)):  # the rest of this epoch and into the next
+            expected, got = next(original), next(resumed)
+            for key in ("input_ids", "labels"):
+                assert torch.equal(expected[key], got[key]), (rank, key)
+        assert resumed.epochs == original.epochs == 2
+    # A state drawn by one process puts the position on other examples: refused.
+    with pytest.raises(SpruceError, match="as many processes"):
+        stream(0).load_state_dict(mlm_stream(texts, tokenizer, 4, 16, 0.3, seed=7).state_dict())
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().cpu() for k, v in state.items()}
+
+
+def _transfer_worker(
+    rank: int, world_size: int, runs: list[tuple[str, list[str]]], ports: list[int], out: str
+) -> None:
+    """One rank of several ``spruce prune`` runs with auxiliary tasks (through the CLI, as
+    under torchrun), recording what this rank holds at the end of every training phase:
+    each phase starts from rank 0's values (broadcast), so a drift must be caught at the
+    end of the phase in which it happens."""
+    os.environ.update({"WORLD_SIZE": str(world_size), "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    import spruce.pipelines.prune as pipeline
+    import spruce.transfer.coupling as coupling
+    from spruce.cli.main import main
+
+    recorded: dict = {}
+    real_l0, real_final, real_evaluate = (
+        pipeline.learn_l0_masks, pipeline.final_phase_loss, pipeline.evaluate_splits,
+    )  # fmt: skip
+
+    def l0(model, *args, **kwargs):
+        result = real_l0(model, *args, **kwargs)
+        gate_sets = {"target": result.gates, **result.other_gates}
+        recorded["l0"].append(
+            {
+                "weights": _clone(model.state_dict()),
+                "gates": {name: _clone(g.state_dict()) for name, g in gate_sets.items()},
+            }
+        )
+        return result
+
+    def final_phase_loss(base, objective, *args):
+        recorded["objective"] = objective
+        return real_final(base, objective, *args)
+
+    def evaluate_splits(model, loaders, device):  # called once, after the final fine-tune
+        objective = recorded.pop("objective")
+        recorded["final"] = {
+            "weights": _clone(model.state_dict()),
+            "heads": _clone(objective.heads.state_dict()),
+            "aux_indices": [list(r.stream.loader.sampler) for r in objective.runtimes],
+        }
+        return real_evaluate(model, loaders, device)
+
+    pipeline.learn_l0_masks = coupling.learn_l0_masks = l0
+    pipeline.final_phase_loss, pipeline.evaluate_splits = final_phase_loss, evaluate_splits
+    for (name, argv), port in zip(runs, ports, strict=True):
+        os.environ["MASTER_PORT"] = str(port)  # a fresh rendezvous: main() ends its group
+        recorded.clear()
+        recorded["l0"] = []
+        code = main(argv)
+        torch.save({"code": code, **recorded}, Path(out) / f"{name}-rank{rank}.pt")
+
+
+def _assert_same(a: dict, b: dict, where: str) -> None:
+    assert a.keys() == b.keys(), where
+    for key, value in a.items():
+        if isinstance(value, dict):
+            _assert_same(value, b[key], f"{where}/{key}")
+        else:
+            assert torch.equal(value, b[key]), f"{where}/{key}"
+
+
+def test_two_process_transfer_keeps_every_rank_identical(tiny_models, tmp_path, monkeypatch):
+    """``--aux mlm`` with joint, tied and sequential coupling in 2 processes: the runs
+    complete and, at the end of every phase, encoder weights, every gate set (tied has
+    the auxiliary task's own) and the auxiliary heads are bit-identical on both ranks,
+    although each rank drew other target and auxiliary batches. The ranks all-reduce the
+    same summed gradients and step the same optimizers on them, so there is no tolerance."""
+    data = write_sentiment_files(tmp_path / "data")
+    common = [
+        "prune", "--model", str(tiny_models["bert"]), "--train", str(data["train"]),
+        "--test", str(data["test"]), "--learning-rate", "5e-3", "--batch-size", "8",
+        "--prune-epochs", "1", "--final-epochs", "1", "--target-sparsity", "0.5",
+        "--no-onnx", "--no-latency", "--quiet", "--checkpoint-steps", "0", "--threads", "1",
+        "--aux", "mlm",
+    ]  # fmt: skip
+    couplings = {
+        "joint": ["--coupling", "joint", "--aux-schedule", "constant"],
+        "tied": ["--coupling", "tied", "--aux-schedule", "constant"],
+        "sequential": ["--coupling", "sequential", "--transfer", "both", "--aux-steps", "3"],
+    }
+    runs = [
+        (name, [*common, *extra, "--out", str(tmp_path / name)])
+        for name, extra in couplings.items()
+    ]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    ports = [free_port() for _ in runs]
+    mp.spawn(_transfer_worker, args=(2, runs, ports, str(tmp_path)), nprocs=2)
+    for name in couplings:
+        zero, one = (torch.load(tmp_path / f"{name}-rank{r}.pt") for r in range(2))
+        assert zero["code"] == one["code"] == 0, name
+        # sequential: auxiliary stage and target stage; the others: the target's phase.
+        assert len(zero["l0"]) == len(one["l0"]) == (2 if name == "sequential" else 1)
+        assert ("aux0:mlm" in zero["l0"][-1]["gates"]) == (name == "tied")
+        for index, (a, b) in enumerate(zip(zero["l0"], one["l0"], strict=True)):
+            _assert_same(a, b, f"{name}/l0 phase {index}")
+        _assert_same(zero["final"]["weights"], one["final"]["weights"], f"{name}/final")
+        _assert_same(zero["final"]["heads"], one["final"]["heads"], f"{name}/heads")
+        indices = zero["final"]["aux_indices"][0], one["final"]["aux_indices"][0]
+        assert not set(indices[0]) & set(indices[1]), name  # each rank its own aux shard
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert abs(report["sparsity"]["encoder"] - 0.5) <= 0.02, name
+        calls = report["transfer"]["aux_losses_computed"]
+        if name == "sequential":
+            assert calls["first_stage"] == 3 and calls["prune"] == 0
+        else:
+            assert calls["prune"] == report["phases"]["prune"][0]["steps"] > 0
+            assert calls["final"] > 0  # constant schedule: the heads train in the final phase

@@ -483,8 +483,139 @@ def test_interrupted_exit_codes():
     assert Interrupted(signal.SIGTERM).exit_code == 143
 
 
-def test_image_tasks_refuse_resume(tmp_path, capsys):
-    argv = ["adapt", "--train", str(tmp_path / "digits.npz"), "--out", str(tmp_path / "out")]
+# -- image tasks: CNN adapters on EfficientNet-Lite0 ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    from test_vision_adapt import _write_npz
+
+    root = tmp_path_factory.mktemp("images")
+    _write_npz(root / "train.npz", 16, 0)
+    _write_npz(root / "test.npz", 6, 1)
+    return {"train": root / "train.npz", "test": root / "test.npz"}
+
+
+def image_command(images: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """16 images, 4 batches an epoch: phases dense (4 steps), round 1 (4), final (8),
+    round 2's plan scored between round 1 and the final phase; a save every 3 steps."""
+    return [
+        "adapt", "--train", str(images["train"]), "--test", str(images["test"]),
+        "--criterion", "taylor", "--target-sparsity", "0.5", "--prune-rounds", "2",
+        "--epochs-per-round", "1", "--final-epochs", "2", "--batch-size", "4",
+        "--no-latency", "--threads", "1", "--checkpoint-steps", "3", "--quiet",
+        "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def image_references(images, tmp_path_factory) -> dict[str, Path]:
+    """Adapt and fine-prune runs without interruption (built on first use)."""
+    root = tmp_path_factory.mktemp("image-references")
+
+    class Lazy(dict):
+        def __missing__(self, mode: str) -> Path:
+            extra = ("--fine-prune",) if mode == "fine-prune" else ()
+            assert main(image_command(images, root / mode, *extra)) == 0
+            self[mode] = root / mode
+            return root / mode
+
+    return Lazy()
+
+
+def assert_same_image_run(out: Path, reference: Path) -> None:
+    """Every file byte for byte (fused model, ONNX, task file) and the same report but for
+    the wall time and where it was written; no checkpoint left."""
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted(p.name for p in reference.iterdir())
+    for name in files:
+        if name != "report.json":
+            assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+
+    def untimed(path: Path) -> dict:
+        report = json.loads(path.read_text())
+        assert "latency" not in report  # --no-latency
+        del report["config"]["out"]
+        return comparable(report)
+
+    assert untimed(out / "report.json") == untimed(reference / "report.json")
+    assert not checkpoint_dir(out).exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "phase", "step"),
+    [
+        ("adapt", "dense", 3),
+        ("adapt", "round 1", None),  # round 2's plan is scored again on the restored model
+        ("adapt", "final", 6),  # mid-epoch; round 1 and 2 plans come from the checkpoint
+        ("fine-prune", "round 1", 3),  # every weight and BatchNorm's statistics learn
+    ],
+)
+def test_stopped_and_resumed_image_task_equals_the_uninterrupted_one(
+    images, image_references, tmp_path, monkeypatch, mode, phase, step
+):
+    extra = ("--fine-prune",) if mode == "fine-prune" else ()
+    argv = image_command(images, tmp_path / "out", *extra)
+    with monkeypatch.context() as patch:
+        crash_after_save(patch, phase, step)
+        with pytest.raises(Crash):
+            main(argv)
+    assert not (tmp_path / "out").exists()
+    assert (checkpoint_dir(tmp_path / "out") / "run.json").is_file()
+    assert main([*argv, "--resume"]) == 0
+    assert_same_image_run(tmp_path / "out", image_references[mode])
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_during_an_image_task_saves_and_the_run_resumes(
+    images, image_references, tmp_path, monkeypatch, capsys, signal_number
+):
+    argv = image_command(images, tmp_path / "out")
+    real = PhaseCheckpoint.save
+
+    def save_then_signal(self, state):
+        real(self, state)
+        if self.phase == "final" and state["step"] == 3 and not state["finished"]:
+            os.kill(os.getpid(), signal_number)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PhaseCheckpoint, "save", save_then_signal)
+        # main() sets SIGTERM's handler; the trainer's takes over inside each phase.
+        capsys.readouterr()
+        assert main(argv) == 128 + signal_number
+    directory = checkpoint_dir(tmp_path / "out")
+    assert capsys.readouterr().err == (
+        f"spruce: interrupted at step 4 of phase final; checkpoint saved in {directory}; "
+        "rerun the same command with --resume\n"
+    )
+    assert not (tmp_path / "out").exists()
+    assert main([*argv, "--resume"]) == 0
+    assert_same_image_run(tmp_path / "out", image_references["adapt"])
+
+
+def test_image_task_checkpoint_of_another_configuration_is_refused(
+    images, tmp_path, monkeypatch, capsys
+):
+    argv = image_command(images, tmp_path / "out")
+    with monkeypatch.context() as patch:
+        crash_after_save(patch, "dense", 3)
+        with pytest.raises(Crash):
+            main(argv)
+    directory = checkpoint_dir(tmp_path / "out")
     capsys.readouterr()
-    assert main([*argv, "--resume"]) == 2
-    assert "--resume is not available for image tasks" in capsys.readouterr().err
+    assert main([*argv, "--target-sparsity", "0.4", "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"spruce: error: the checkpoint in {directory} was written with target_sparsity 0.5, "
+        f"this run has 0.4; rerun with the same options, or remove {directory} to start "
+        "again\n"
+    )
+    assert main([*argv, "--fine-prune", "--lr", "1e-2", "--resume"]) == 2
+    assert "with fine_prune false and lr 0.001, this run has true and 0.01" in (
+        capsys.readouterr().err
+    )
+    assert main(argv) == 2  # an unfinished run's checkpoint needs --resume or --overwrite
+    assert "a checkpoint of an unfinished run exists" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and directory.is_dir()
+    # Output and runtime settings may change between attempts.
+    assert main([*argv, "--checkpoint-steps", "5", "--resume"]) == 0
+    assert not directory.exists() and (tmp_path / "out" / "report.json").is_file()

@@ -323,6 +323,19 @@ def test_pipeline_end_to_end(tmp_path, fine_prune):
         assert (base.eval()(images) - compact(images)).abs().max() <= TOLERANCE
 
 
+def test_no_onnx_and_no_latency_are_honoured(tmp_path):
+    _write_npz(tmp_path / "train.npz", 16, 0)
+    out = tmp_path / "run"
+    config = CNNAdaptConfig(
+        train=tmp_path / "train.npz", out=out, image_size=32, batch_size=8, rounds=1,
+        max_steps=1, score_batches=1, progress=False, export_onnx=False,
+        measure_latency=False,
+    )  # fmt: skip
+    report = run_cnn_adapt(config)
+    assert "latency" not in report and "onnx_max_abs_diff" not in report
+    assert not (out / "model.onnx").exists() and (out / "task.safetensors").is_file()
+
+
 def test_config_errors_are_user_errors(tmp_path):
     with pytest.raises(SpruceError, match="criterion"):
         CNNAdaptConfig(train="x", out=tmp_path, criterion="random").validate()

@@ -117,11 +117,6 @@ def is_image_task(args: argparse.Namespace) -> bool:
 def handle_image_task(args: argparse.Namespace) -> int:
     from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
 
-    if args.resume:
-        raise SpruceError(
-            "--resume is not available for image tasks (CNN runs do not checkpoint yet)",
-            "rerun without --resume",
-        )
     if args.criterion == "l0":
         raise SpruceError(
             "--criterion l0 learns masks of transformer units, not CNN channels",
@@ -153,10 +148,14 @@ def handle_image_task(args: argparse.Namespace) -> int:
         scaling=args.scaling,
         fine_prune=args.fine_prune,
         max_steps=args.max_steps,
+        export_onnx=not args.no_onnx,
+        measure_latency=not args.no_latency,
         latency_repeats=args.latency_repeats,
         threads=args.threads,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        resume=args.resume,
+        checkpoint_steps=args.checkpoint_steps,
     ).validate()
     report = run_cnn_adapt(config)
     split = "test" if "test" in report["metrics"] else next(iter(report["metrics"]), None)

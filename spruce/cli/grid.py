@@ -16,7 +16,9 @@ DESCRIPTION = (
     "(log: OUT/runs/RUN-ID.log); runs whose report.json exists are skipped, so an "
     "interrupted grid continues where it stopped. Relative paths in the YAML are taken "
     "relative to the YAML's folder if they exist there, else to the current directory. "
-    "Writes OUT/results.csv, OUT/report.md and its plots. Exit code 1 if a run failed."
+    "Writes OUT/results.csv, OUT/report.md and its plots. Exit code 1 if a run failed. "
+    "With --backend ray the runs are Ray tasks on a cluster (pip install 'spruce[ray]'); "
+    "OUT and the data must then be on a filesystem that every node shares."
 )
 
 
@@ -27,7 +29,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, metavar="DIR", help="results folder (overrides 'out:' of the YAML)"
     )
     parser.add_argument(
-        "--jobs", type=positive_int, metavar="N", help="runs at once (overrides 'jobs:')"
+        "--jobs",
+        type=positive_int,
+        metavar="N",
+        help="runs at once (overrides 'jobs:'); with --backend ray, at most N at once on the "
+        "cluster, whose resources alone decide without it",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        help="where runs are launched: 'local' processes (the default) or one Ray task per "
+        "run, each with 'threads' CPUs and 'gpus_per_run' GPUs (overrides 'backend:')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to use with --backend ray: 'auto' (the cluster this machine "
+        "belongs to), HOST:PORT or ray://HOST:PORT; default: the one 'ray start' runs on "
+        "this machine, else a Ray instance started for this grid",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -52,6 +71,14 @@ def handle(args: argparse.Namespace) -> int:
         raise SpruceError(
             f"{args.grid_file} has no 'out:' folder", "add 'out: DIR' to it or pass --out DIR"
         )
+    backend = args.backend or spec.backend
+    if args.ray_address is not None and backend != "ray":
+        raise SpruceError("--ray-address is only used by the Ray backend", "add --backend ray")
+    if backend == "ray" and not (args.dry_run or args.summary_only):
+        from spruce.grid.ray_backend import import_ray
+
+        # Before the runs are checked (seconds): a missing package is the first thing to say.
+        import_ray("--backend ray" if args.backend else f"'backend: ray' in {args.grid_file}")
     runs = expand(spec)
     if not args.summary_only:
         check_runs(spec, runs)
@@ -59,10 +86,20 @@ def handle(args: argparse.Namespace) -> int:
         dry_run(spec, runs, out)
         return 0
     if not args.summary_only:
-        jobs = spec.job_count(args.jobs)
-        print(f"{spec.name}: {len(runs)} runs, {jobs} at a time, into {out}", flush=True)
+        if backend == "ray":
+            # The YAML's 'jobs:' sizes the local machine; on a cluster Ray's resources
+            # decide how many run at once, and only --jobs caps that.
+            jobs = args.jobs
+            at_once = f"at most {jobs}" if jobs else "as many as the cluster fits"
+            at_once += (
+                f" at a time on Ray ({spec.threads} CPUs, {spec.gpus_per_run:g} GPUs per run)"
+            )
+        else:
+            jobs = spec.job_count(args.jobs)
+            at_once = f"{jobs} at a time"
+        print(f"{spec.name}: {len(runs)} runs, {at_once}, into {out}", flush=True)
         try:
-            run_grid(spec, runs, out, jobs)
+            run_grid(spec, runs, out, jobs, backend=backend, ray_address=args.ray_address)
         except KeyboardInterrupt:
             summarize(spec, runs, out, _command(args))
             print(
@@ -85,6 +122,10 @@ def _command(args: argparse.Namespace) -> str:
         words += ["--out", str(args.out)]
     if args.jobs is not None:
         words += ["--jobs", str(args.jobs)]
+    if args.backend is not None:
+        words += ["--backend", args.backend]
+    if args.ray_address is not None:
+        words += ["--ray-address", args.ray_address]
     if args.summary_only:
         words.append("--summary-only")
     return shlex.join(words)

@@ -4,6 +4,13 @@ Each run is its own process so that a crash, an out-of-memory kill or a user err
 one configuration costs that run only; the grid records it and goes on. ``spruce prune``
 writes its ``--out`` atomically, so a run whose report.json exists is complete and is
 skipped when the grid is started again.
+
+Two backends launch the processes: ``local`` (here, on this machine) and ``ray``
+(:mod:`spruce.grid.ray_backend`, one Ray task per run on a cluster). Both use the same
+code for which runs are left (:func:`pending`), how a run is launched
+(:mod:`spruce.grid.process`: log file, environment, stop) and what is recorded when it
+ends (:func:`record`), so the run folders, logs, ``*.failed.json`` and therefore
+results.csv and report.md do not depend on the backend.
 """
 
 from __future__ import annotations
@@ -22,14 +29,14 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from spruce.grid.process import POLL_S, open_log, run_environment, stop
 from spruce.grid.prune_cli import option_arguments, resolve_path
-from spruce.grid.spec import GridSpec, Run
+from spruce.grid.spec import BACKENDS, GridSpec, Run
 from spruce.train.checkpoint import checkpoint_dir
 from spruce.utils.atomic import write_text_atomic
 
 # (spec, run, run directory) -> the command line of that run.
 Command = Callable[[GridSpec, Run, Path], list[str]]
-POLL_S = 0.2
 
 
 def command_for(spec: GridSpec, run: Run, directory: Path) -> list[str]:
@@ -80,6 +87,22 @@ class _Active:
     start: float
 
 
+def pending(runs: Sequence[Run], out: Path, outcome: GridOutcome) -> list[Run]:
+    """The runs still to launch; finished ones are recorded in ``outcome`` as skipped."""
+    left = []
+    for run in runs:
+        if is_done(run, out):
+            outcome.skipped.append(run.id)
+            print(f"skip {run.id}: done", flush=True)
+        else:
+            left.append(run)
+    return left
+
+
+def progress(total: int, skipped: int) -> tqdm:
+    return tqdm(total=total, initial=skipped, unit="run", dynamic_ncols=True)
+
+
 def dry_run(spec: GridSpec, runs: Sequence[Run], out: Path, command: Command | None = None) -> None:
     """Print each run's id and command line; nothing is started or written."""
     build = command or command_for
@@ -93,25 +116,34 @@ def run_grid(
     spec: GridSpec,
     runs: Sequence[Run],
     out: Path,
-    jobs: int,
+    jobs: int | None = None,
     command: Command | None = None,
+    *,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> GridOutcome:
-    """Run every unfinished run, at most ``jobs`` at once; ``command`` replaces the real
-    ``spruce prune`` command line (tests launch a small fake instead)."""
+    """Run every unfinished run; ``command`` replaces the real ``spruce prune`` command
+    line (tests launch a small fake instead).
+
+    ``backend="local"``: subprocesses of this process, at most ``jobs`` at once (default:
+    :meth:`GridSpec.job_count`). ``backend="ray"``: one task per run on the Ray cluster
+    at ``ray_address`` (see :func:`spruce.grid.ray_backend.run_grid_ray`; ``jobs`` caps
+    the runs in flight, ``None`` leaves it to the cluster's resources)."""
     build = command or command_for
+    if backend == "ray":
+        from spruce.grid.ray_backend import run_grid_ray
+
+        return run_grid_ray(spec, runs, out, jobs, build, ray_address)
+    if backend != "local":
+        raise ValueError(f"unknown grid backend {backend!r}; expected one of {BACKENDS}")
+    jobs = spec.job_count(jobs)
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     outcome = GridOutcome()
-    queue: deque[Run] = deque()
-    for run in runs:
-        if is_done(run, out):
-            outcome.skipped.append(run.id)
-            print(f"skip {run.id}: done", flush=True)
-        else:
-            queue.append(run)
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads)}
+    queue = deque(pending(runs, out, outcome))
+    env = run_environment(spec.threads)
     active: list[_Active] = []
-    bar = tqdm(total=len(runs), initial=len(outcome.skipped), unit="run", dynamic_ncols=True)
+    bar = progress(len(runs), len(outcome.skipped))
     try:
         while queue or active:
             while queue and len(active) < jobs:
@@ -119,20 +151,16 @@ def run_grid(
             finished = [a for a in active if a.process.poll() is not None]
             for item in finished:
                 active.remove(item)
-                _finish(spec, item, out, outcome, bar)
+                item.log.close()
+                wall = time.perf_counter() - item.start
+                record(spec, item.run, item.process.returncode, wall, out, outcome, bar)
             if not finished:
                 time.sleep(POLL_S)
     except BaseException:
         # Ctrl-C or a crash of the grid itself: stop the children too, so none keeps
-        # running unseen. SIGTERM makes each save a checkpoint first; the next
-        # invocation continues them from there (command_for adds --resume).
+        # running unseen.
+        stop([item.process for item in active])
         for item in active:
-            item.process.terminate()
-        for item in active:
-            try:
-                item.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                item.process.kill()
             item.log.close()
         raise
     finally:
@@ -143,9 +171,7 @@ def run_grid(
 def _start(spec: GridSpec, run: Run, out: Path, build: Command, env: dict[str, str]) -> _Active:
     run.failure(out).unlink(missing_ok=True)
     argv = build(spec, run, run.directory(out))
-    log = run.log(out).open("wb")
-    log.write(f"$ {shlex.join(argv)}\n".encode())
-    log.flush()
+    log = open_log(run.log(out), argv)
     try:
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
@@ -156,25 +182,38 @@ def _start(spec: GridSpec, run: Run, out: Path, build: Command, env: dict[str, s
     return _Active(run, process, log, time.perf_counter())
 
 
-def _finish(spec: GridSpec, item: _Active, out: Path, outcome: GridOutcome, bar: tqdm) -> None:
-    item.log.close()
-    run, code = item.run, item.process.returncode
-    wall = time.perf_counter() - item.start
+def record(
+    spec: GridSpec,
+    run: Run,
+    code: int | None,
+    wall: float,
+    out: Path,
+    outcome: GridOutcome,
+    bar: tqdm,
+    *,
+    where: str = "",
+    error: str = "",
+) -> None:
+    """Record a run that ended with exit code ``code`` (``None``: it could not be run,
+    ``error`` says why): ``done`` if it wrote its report, else a ``*.failed.json``.
+    ``where`` names the machine it ran on, for the progress line."""
     bar.update(1)
+    on = f" on {where}" if where else ""
     if code == 0 and is_done(run, out):
         report = json.loads((run.directory(out) / "report.json").read_text(encoding="utf-8"))
         value = report.get("metrics", {}).get(spec.metric)
         shown = f"{spec.metric} {value:.4f}" if isinstance(value, int | float) else "no metric"
         outcome.done.append(run.id)
-        bar.write(f"done {run.id}: {shown} ({wall:.0f} s)")
+        bar.write(f"done {run.id}: {shown} ({wall:.0f} s{on})")
         return
-    error = last_line(run.log(out))
+    if code is not None:
+        error = last_line(run.log(out))
     if code == 0:
         error = f"exited 0 without writing report.json; {error}"
-    record = {"exit_code": code, "error": error, "wall_time_s": round(wall, 2)}
-    write_text_atomic(run.failure(out), json.dumps(record, indent=2) + "\n")
+    failure = {"exit_code": code, "error": error, "wall_time_s": round(wall, 2)}
+    write_text_atomic(run.failure(out), json.dumps(failure, indent=2) + "\n")
     outcome.failed.append(run.id)
-    bar.write(f"FAILED {run.id} (exit {code}, {wall:.0f} s): {error}; log {run.log(out)}")
+    bar.write(f"FAILED {run.id} (exit {code}, {wall:.0f} s{on}): {error}; log {run.log(out)}")
 
 
 def last_line(log: Path, limit: int = 300) -> str:

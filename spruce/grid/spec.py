@@ -25,7 +25,11 @@ from spruce.grid.prune_cli import FLAG, VALUE, PruneOption, Scalar
 from spruce.report.metrics import METRICS
 from spruce.transfer.config import canonical_prune_options, check_keys
 
-TOP_KEYS = ["name", "command", "out", "seeds", "jobs", "threads", "metric", "base", "grid"]
+TOP_KEYS = [
+    "name", "command", "out", "seeds", "jobs", "threads", "metric", "base", "grid",
+    "backend", "gpus_per_run",
+]  # fmt: skip
+BACKENDS = ("local", "ray")  # where runs are launched: spruce.grid.runner.run_grid
 # Set per run by the runner; in a grid file they would silently fight with it.
 RESERVED = {
     "seed": "list the seeds under 'seeds:'",
@@ -63,6 +67,9 @@ class GridSpec:
     axes: list[Axis]
     options: Mapping[str, PruneOption] = field(repr=False)
     command: str = "prune"
+    backend: str = "local"
+    # GPUs Ray reserves for each run (fractions share one); the local backend ignores it.
+    gpus_per_run: float = 0
 
     @property
     def root(self) -> Path:
@@ -186,6 +193,15 @@ def _parse(path: Path, text: str, data: Any, known: dict[str, PruneOption]) -> G
     out = data.get("out")
     if out is not None and (not isinstance(out, str) or not out.strip()):
         raise SpruceError(f"out must be a folder path, got {out!r}")
+    backend = data.get("backend", "local")
+    if backend not in BACKENDS:
+        raise SpruceError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    gpus = data.get("gpus_per_run", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int | float) or not 0 <= gpus < 1e6:
+        raise SpruceError(
+            f"gpus_per_run must be a number of GPUs >= 0, got {gpus!r}",
+            "write e.g. gpus_per_run: 1 (or 0.5 to share a GPU between two runs)",
+        )
     name = data.get("name", path.stem)
     return GridSpec(
         path=path,
@@ -200,6 +216,8 @@ def _parse(path: Path, text: str, data: Any, known: dict[str, PruneOption]) -> G
         axes=axes,
         options=known,
         command=str(data.get("command", "prune")),
+        backend=backend,
+        gpus_per_run=gpus,
     )
 
 

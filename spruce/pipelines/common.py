@@ -6,7 +6,7 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader
@@ -52,6 +52,26 @@ class RunSettings:
     checkpoint_steps: int = DEFAULT_EVERY_STEPS
 
 
+class CheckpointSettings(Protocol):
+    """What :func:`open_checkpoint` reads of a run's settings: :class:`RunSettings`, or
+    the configuration of a run outside it (a CNN task's)."""
+
+    @property
+    def out(self) -> str | Path | None: ...
+
+    @property
+    def model(self) -> str | None: ...
+
+    @property
+    def overwrite(self) -> bool: ...
+
+    @property
+    def resume(self) -> bool: ...
+
+    @property
+    def checkpoint_steps(self) -> int: ...
+
+
 def begin_run(
     run: RunSettings, command: str, configuration: dict[str, Any]
 ) -> tuple[torch.device, TaskData, Checkpointer | None]:
@@ -76,7 +96,7 @@ def begin_run(
 
 
 def open_checkpoint(
-    run: RunSettings, command: str, configuration: dict[str, Any]
+    run: CheckpointSettings, command: str, configuration: dict[str, Any]
 ) -> Checkpointer | None:
     """The run's checkpoint in ``<out>.checkpoint``: adopted with ``resume``, removed with
     ``overwrite``, otherwise refused if present (it belongs to an unfinished run). Its

@@ -74,11 +74,6 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     run.prune.validate()
     run.transfer.validate()
     check_compatible(run.transfer, run.prune)
-    if run.transfer.active and context().enabled:
-        raise SpruceError(
-            "transfer learning (auxiliary tasks) does not run in several processes yet",
-            "launch this command without torchrun, or drop the transfer options",
-        )
     configuration = {
         "prune": run.prune.to_dict(),
         "transfer": run.transfer.to_dict(),
@@ -138,6 +133,11 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     auxiliary = _auxiliary_objective(run, task, student, tokenizer, source, loaders, device)
     aux_state: list[Stateful] = [] if auxiliary is None else [auxiliary]
     aux_optimizers = [] if auxiliary is None else [auxiliary.optimizer(run.train.learning_rate)]
+    # The auxiliary losses encode their batches with model.base_model, outside the DDP
+    # wrapper: under several processes the target phases that compute them average the
+    # model's gradients in one all-reduce after backward instead (Trainer(wrap_ddp=False);
+    # learn_l0_masks decides so itself from its extras, as run_first_stage does).
+    aux_in_target = auxiliary is not None and run.transfer.coupling in ("joint", "tied")
     initial_gates = None
     if run.transfer.coupling == "sequential":
         first = run_first_stage(
@@ -182,6 +182,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             [*extra_optimizers, *aux_optimizers],
             checkpoint=checkpoint,
             checkpoint_modules=[*distillers, *aux_state],
+            wrap_ddp=not aux_in_target,
         )
     phases["prune"] = [phase_summary(r) for r in phase.results]
     masks = phase.masks
@@ -206,6 +207,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         description="final fine-tune",
         checkpoint=phase_checkpoint(checkpoint, "final"),
         checkpoint_modules=[*final_distillers, *aux_state],
+        wrap_ddp=not aux_in_target,
     ).fit()
     phases["final"] = phase_summary(final)
     compact.eval()

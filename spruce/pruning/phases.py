@@ -87,10 +87,13 @@ def learn_l0_masks(
     checkpoint: Checkpointer | None = None,
     checkpoint_modules: Sequence[Stateful] = (),
     phase: str = "prune",
+    wrap_ddp: bool = True,
 ) -> PhaseResult:
     """Learn gates and weights together; ``checkpoint`` makes the phase (named ``phase``)
     resumable, saving its gate sets with ``checkpoint_modules`` (what the caller's loss
-    draws on: a distiller, auxiliary heads and streams)."""
+    draws on: a distiller, auxiliary heads and streams). ``wrap_ddp=False`` (a loss that
+    runs the encoder directly) and an ``extras.aux_loss`` average the model's gradients
+    without ``DistributedDataParallel`` under several processes (:class:`Trainer`)."""
     extras = extras or PhaseExtras()
     config = phase_config(train, prune.prune_epochs, prune.prune_max_steps)
     shape = encoder_shape(model.config)
@@ -170,6 +173,9 @@ def learn_l0_masks(
             description=description,
             checkpoint=phase_checkpoint(checkpoint, phase),
             checkpoint_modules=[*checkpoint_modules, *gate_sets.values()],
+            # The auxiliary loss encodes its batches with model.base_model, which the DDP
+            # wrapper does not see.
+            wrap_ddp=wrap_ddp and extras.aux_loss is None,
         )
         result = trainer.fit()
     finally:
@@ -192,6 +198,7 @@ def score_and_prune(
     scoring_context: ScoringContext | None = None,
     checkpoint: Checkpointer | None = None,
     checkpoint_modules: Sequence[Stateful] = (),
+    wrap_ddp: bool = True,
 ) -> PhaseResult:
     """Iterative structured pruning by ``prune.method``; one round is one-shot pruning
     (the final fine-tune of the compact model then recovers accuracy).
@@ -200,7 +207,8 @@ def score_and_prune(
     method's own; ``scoring_context(model)`` wraps each scoring pass (it is entered before
     the masks are applied), e.g. to let criteria see adapted weights instead of adapters.
     With a ``checkpoint``, each round's masks are stored (a resumed run does not score
-    again) and each round's training is a phase ``prune round N``.
+    again) and each round's training is a phase ``prune round N``. ``wrap_ddp=False`` is
+    for a ``base_loss`` that runs the encoder directly (see :class:`Trainer`).
     """
     name = criterion or ("weight" if prune.method == "magnitude" else prune.method)
     scorer = CRITERIA[name]()
@@ -257,6 +265,7 @@ def score_and_prune(
                     description=f"prune ({criterion or prune.method}) round {round_index}",
                     checkpoint=phase_checkpoint(checkpoint, f"prune round {round_index}"),
                     checkpoint_modules=checkpoint_modules,
+                    wrap_ddp=wrap_ddp,
                 )
                 results.append(trainer.fit())
     assert masks is not None

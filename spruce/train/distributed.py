@@ -7,9 +7,10 @@ of the data (:class:`~torch.utils.data.distributed.DistributedSampler`), the mod
 wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` for the forward/backward,
 and what learns outside the model (gates, Lagrange multipliers, a distiller's projection)
 has its gradients averaged by :func:`DistributedContext.average_gradients` before its
-optimizers step, so every process holds the same values throughout. Rank 0 alone
-evaluates during training (the metrics are broadcast), writes outputs and checkpoints
-and shows progress.
+optimizers step, so every process holds the same values throughout (a phase whose loss
+runs the model past the wrapper, as auxiliary tasks do, averages the model's gradients
+that way too: ``Trainer(wrap_ddp=False)``). Rank 0 alone evaluates during training (the
+metrics are broadcast), writes outputs and checkpoints and shows progress.
 
 Without ``WORLD_SIZE > 1`` the context is a no-op: a single process behaves as before.
 """

@@ -13,7 +13,9 @@ by :class:`~spruce.train.interrupt.Interrupted` (``spruce.train.resume`` has the
 Under ``torchrun`` (``spruce.train.distributed``) the loss is computed through a
 ``DistributedDataParallel`` wrapper of the model, the gradients of every other optimizer's
 parameters (gates, multipliers, a distiller) are averaged over the processes before they
-step, evaluation runs on rank 0 and is broadcast, and only rank 0 checkpoints.
+step, evaluation runs on rank 0 and is broadcast, and only rank 0 checkpoints. A phase
+whose loss runs parts of the model directly (auxiliary tasks) passes ``wrap_ddp=False``:
+the model's gradients are then averaged with the others, in one all-reduce after backward.
 """
 
 from __future__ import annotations
@@ -96,6 +98,15 @@ class Trainer:
     projection, auxiliary heads and data streams), and callbacks that have those methods.
     For an exact resume ``train_loader`` must shuffle with its own ``generator``
     (:func:`~spruce.data.make_loader` does).
+
+    Under several processes the model is wrapped in ``DistributedDataParallel``, unless
+    ``wrap_ddp`` is False (see :meth:`_replicate`): then the model's gradients are averaged
+    like those of the parameters outside it, after backward.
+
+    ``optimizer`` (and ``scheduler``) replace the AdamW with linear warm-up/decay that a
+    phase otherwise creates for itself. An optimizer given here outlives the phase (a CNN
+    task carries AdamW's moments from phase to phase), so a finished phase's checkpoint
+    keeps its state too.
     """
 
     def __init__(
@@ -114,6 +125,9 @@ class Trainer:
         description: str = "finetune",
         checkpoint: TrainerCheckpoint | None = None,
         checkpoint_modules: Sequence[Stateful] = (),
+        wrap_ddp: bool = True,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
         self.model = model
         self.train_loader = train_loader
@@ -129,15 +143,20 @@ class Trainer:
         self.device = torch.device(device)
         self.distributed = context()
         self.progress = progress and self.distributed.is_main
+        self.wrap_ddp = wrap_ddp
         self._forward_model: Any = model  # what loss_fn calls (see _replicate)
+        # Parameters whose gradients are averaged after backward (see _averaged_parameters).
         self._outside: list[torch.nn.Parameter] = []
         self.description = description
         self.checkpoint = checkpoint
         self.checkpoint_modules = list(checkpoint_modules)
         steps_per_epoch = len(train_loader)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=config.learning_rate)
-        self.scheduler = get_linear_schedule_with_warmup(
+        self.optimizer_outlives_phase = optimizer is not None
+        self.optimizer = optimizer or torch.optim.AdamW(
+            self._parameter_groups(), lr=config.learning_rate
+        )
+        self.scheduler = scheduler or get_linear_schedule_with_warmup(
             self.optimizer, int(config.warmup_ratio * self.total_steps), self.total_steps
         )
 
@@ -174,6 +193,25 @@ class Trainer:
         values of the other optimizers' parameters are given to every process first."""
         if not self.distributed.active:
             return self.model
+        if not self.wrap_ddp:
+            # DDP reduces a parameter's gradient from autograd hooks that its own forward
+            # arms, once per forward. A loss that runs submodules directly (the auxiliary
+            # tasks' encode() calls model.base_model; sequential coupling's first stage
+            # never calls the model itself) would leave the encoder's gradients unreduced
+            # or rely on hooks armed by another forward, and calling the wrapper once per
+            # task before one backward is not supported. So the model is used as is and
+            # _step averages all gradients in one all-reduce after backward: correct
+            # whatever path the forward takes, at the price of not overlapping the
+            # communication with backward. Rank 0's weights and buffers go to every
+            # process first, as DDP's constructor would send them.
+            self.distributed.broadcast_parameters(
+                [
+                    *self.model.parameters(),
+                    *self.model.buffers(),
+                    *self._synchronized_parameters(),
+                ]
+            )
+            return self.model
         self.distributed.broadcast_parameters(self._synchronized_parameters())
         # A static graph: the same parameters take part in every step of a phase, and
         # those that never do (an unused pooler, say) are found on the first step instead
@@ -190,6 +228,15 @@ class Trainer:
         in_model = {id(p) for p in self.model.parameters()}
         return [p for p in optimizer_parameters(optimizers) if id(p) not in in_model]
 
+    def _averaged_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters whose gradients _step averages over the processes: those outside the
+        model, and without the DDP wrapper the model's trainable ones too."""
+        outside = self._synchronized_parameters()
+        if not self.distributed.active or self.wrap_ddp:
+            return outside
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return [*trainable, *outside]
+
     def _train(self, saved: dict[str, Any] | None, stop: StopSignals | None) -> TrainResult:
         state = _Progress()
         position = None
@@ -198,7 +245,7 @@ class Trainer:
             state = _Progress(result=TrainResult(**saved["result"]), **saved["progress"])
             position = LoaderPosition(**saved["loader"])
         self._forward_model = self._replicate()
-        self._outside = self._synchronized_parameters()
+        self._outside = self._averaged_parameters()
         start = time.perf_counter() - state.result.wall_time_s
         bar = tqdm(
             total=self.total_steps,

@@ -7,8 +7,8 @@ progress (losses, evaluations, the best weights so far), the position in the dat
 and every random generator. Restored in that order, the continued phase computes the
 same numbers as one that was never stopped. A save at the end of a phase (``finished``)
 keeps only what outlives the phase: the model (with the best weights loaded), the
-extra optimizers (score-based rounds share them), callbacks, modules, generators and
-the result.
+extra optimizers (score-based rounds share them), an optimizer given to the trainer
+(it outlives the phase), callbacks, modules, generators and the result.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def trainer_state(
         "model": trainer.model.state_dict(),
         # The one config field a forward pass sets (transformers fills it in on the first
         # batch with labels); a finished phase restored without a forward needs it back.
-        "problem_type": getattr(trainer.model.config, "problem_type", None),
+        # Models that are not transformers (CNNs) have no config.
+        "problem_type": getattr(getattr(trainer.model, "config", None), "problem_type", None),
         "extra_optimizers": [o.state_dict() for o in trainer.extra_optimizers],
         "callbacks": [
             c.state_dict() if isinstance(c, Stateful) else None for c in trainer.callbacks
@@ -105,9 +106,10 @@ def trainer_state(
         "generator": generator_state(generator),
         "rng": global_rng_state(),
     }
+    if not finished or trainer.optimizer_outlives_phase:
+        state["optimizer"] = trainer.optimizer.state_dict()
     if not finished:
         assert epoch is not None
-        state["optimizer"] = trainer.optimizer.state_dict()
         state["scheduler"] = trainer.scheduler.state_dict()
         state["progress"] = progress
         state["loader"] = {"epoch_start": epoch.epoch_start, "batches": epoch.batches}
@@ -143,9 +145,10 @@ def restore_trainer(trainer: Trainer, saved: dict[str, Any]) -> None:
             callback.load_state_dict(callback_state)
     for module, module_state in zip(trainer.checkpoint_modules, saved["modules"], strict=True):
         module.load_state_dict(module_state)
+    if "optimizer" in saved:  # every mid-phase save; a finished one of a shared optimizer
+        trainer.optimizer.load_state_dict(saved["optimizer"])
     if saved["finished"]:
         set_generator_state(getattr(trainer.train_loader, "generator", None), saved["generator"])
         set_global_rng_state(saved["rng"])
     else:
-        trainer.optimizer.load_state_dict(saved["optimizer"])
         trainer.scheduler.load_state_dict(saved["scheduler"])

@@ -63,7 +63,10 @@ def run_first_stage(
     shape as the target's phase), then restore what ``--transfer`` does not carry over:
     ``weights`` keeps the stage's encoder weights and starts fresh gates, ``masks``
     restores the original weights and keeps the stage's gates, ``both`` keeps both.
-    With a ``checkpoint`` the stage is the resumable phase ``auxiliary stage``."""
+    With a ``checkpoint`` the stage is the resumable phase ``auxiliary stage``. Under
+    several processes each draws its own shard of the auxiliary data, and the model's
+    gradients are averaged without the DDP wrapper, which this stage's loss never calls
+    (it encodes with ``model.base_model``)."""
     transfer = objective.config.transfer
     original = copy.deepcopy(model.state_dict()) if transfer == "masks" else None
     steps = objective.config.aux_steps or target_steps
@@ -82,6 +85,7 @@ def run_first_stage(
         checkpoint=checkpoint,
         checkpoint_modules=[objective],
         phase="auxiliary stage",
+        wrap_ddp=False,
     )
     if original is not None:
         model.load_state_dict(original)

@@ -1,5 +1,8 @@
 """Data streams of the auxiliary tasks: tokenized with the target model's tokenizer and
-cycled without end, since an auxiliary task rarely has the target's number of batches."""
+cycled without end, since an auxiliary task rarely has the target's number of batches.
+
+Under several processes each process draws its own shard of every epoch, as the target's
+training loader does, so N processes see N auxiliary batches per step (:class:`Stream`)."""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, read_table, tokenize_split
@@ -26,16 +31,31 @@ class Stream:
 
     Its state (for checkpoints) is the position in the current epoch, the generator state
     that epoch's order was drawn from, and the collator's generator (MLM masking).
+
+    A sharded stream (several processes: the loader's sampler is a
+    :class:`DistributedSampler`) has no chained generators: each epoch's order comes from
+    (seed, epoch), one permutation cut into disjoint per-rank shards, and the collator is
+    reseeded from (seed, rank, epoch). Its position (epochs, batches) is then the same on
+    every rank, so the state rank 0 saves, which every rank loads on resume, puts each
+    rank back on its own batches: the epoch is replayed with this rank's seeds and the
+    saved generator states (rank 0's) are not used.
     """
 
     def __init__(self, loader: DataLoader) -> None:
         if len(loader) == 0:
             raise SpruceError("an auxiliary task has no data", "check its file")
         self.loader = loader
+        sampler = getattr(loader, "sampler", None)
+        self._shard = sampler if isinstance(sampler, DistributedSampler) else None
         self._iterator: Iterator | None = None
         self._epoch_start: torch.Tensor | None = None
         self._batches = 0
         self.epochs = 0
+
+    @property
+    def shards(self) -> int:
+        """Number of processes that split each epoch (1: not sharded)."""
+        return 1 if self._shard is None else self._shard.num_replicas
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._iterator is None:
@@ -55,6 +75,9 @@ class Stream:
 
     def _start_epoch(self) -> None:
         self._epoch_start = generator_state(self.loader.generator)
+        if self._shard is not None:
+            self._shard.set_epoch(self.epochs)
+            _reseed_collator(self.loader, self._shard.seed, self._shard.rank, self.epochs)
         self._iterator = iter(self.loader)
         self._batches = 0
 
@@ -66,11 +89,20 @@ class Stream:
             "batches": self._batches,
             "generator": generator_state(self.loader.generator),
             "collator": generator_state(_collator_generator(self.loader)),
+            "shards": self.shards,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rewind to the saved epoch's start and redraw its batches up to the saved one
         (the simple way to rebuild the loader's iterator exactly)."""
+        shards = state.get("shards", 1)  # states saved before streams were sharded: 1
+        if shards != self.shards:
+            # Another split of the epochs puts the saved position on other examples.
+            raise SpruceError(
+                f"the checkpoint's auxiliary data was drawn by {shards} process(es), "
+                f"this run has {self.shards}",
+                "resume with as many processes as the interrupted run had",
+            )
         self.epochs = state["epochs"]
         self._iterator = None
         if state["started"]:
@@ -79,6 +111,8 @@ class Stream:
             for _ in range(state["batches"]):
                 next(self._iterator)
             self._batches = state["batches"]
+        if self._shard is not None:
+            return  # the replay drew this rank's masking; the saved collator is rank 0's
         set_generator_state(self.loader.generator, state["generator"])
         collate = self.loader.collate_fn
         if state["collator"] is None:
@@ -88,6 +122,16 @@ class Stream:
             if getattr(collate, "generator", None) is None:
                 collate.generator = torch.Generator()
             collate.generator.set_state(state["collator"])
+
+
+def _reseed_collator(loader: DataLoader, seed: int, rank: int, epoch: int) -> None:
+    """Give a collator that draws (MLM masking) a generator seeded from (seed, rank, epoch):
+    ranks mask differently, and an epoch's masks follow from its position alone."""
+    collate = loader.collate_fn
+    if not hasattr(collate, "generator"):
+        return  # padding only: nothing random
+    entropy = np.random.SeedSequence([seed, rank, epoch]).generate_state(1, dtype=np.uint64)
+    collate.generator = torch.Generator().manual_seed(int(entropy[0]))
 
 
 def _collator_generator(loader: DataLoader) -> torch.Generator | None:
@@ -159,15 +203,25 @@ def mlm_stream(
     max_length: int,
     probability: float,
     seed: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Stream:
+    """MLM batches of ``texts``; with ``world_size > 1`` process ``rank``'s shard."""
     if tokenizer.mask_token is None:
         raise SpruceError(
             "the model's tokenizer has no mask token, so MLM cannot run",
             "use --aux task:PATH, or a model trained with MLM",
         )
     encoded = tokenize_split(texts, tokenizer, max_length)
-    generator = torch.Generator().manual_seed(seed)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability, seed=seed)
+    if world_size > 1:
+        sampler = DistributedSampler(
+            encoded, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+        return Stream(
+            DataLoader(encoded, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+        )
+    generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         encoded, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collator
     )
@@ -186,7 +240,17 @@ def labelled_task(task: AuxTask, seed: int) -> TaskData:
 
 
 def task_stream(
-    data: TaskData, tokenizer: PreTrainedTokenizerBase, batch_size: int, max_length: int, seed: int
+    data: TaskData,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Stream:
+    """Labelled batches of ``data.train``; with ``world_size > 1`` process ``rank``'s shard."""
     encoded = tokenize_split(data.train, tokenizer, max_length)
-    return Stream(make_loader(encoded, tokenizer, batch_size, shuffle=True, seed=seed))
+    loader = make_loader(
+        encoded, tokenizer, batch_size, shuffle=True, seed=seed, num_replicas=world_size, rank=rank
+    )
+    return Stream(loader)

@@ -22,6 +22,7 @@ from spruce.data import TaskData
 from spruce.data.tokenization import MODEL_INPUTS
 from spruce.masks.gates import EncoderGates
 from spruce.masks.switch import GateSwitch
+from spruce.train.distributed import context
 from spruce.train.loop import LossFn
 from spruce.transfer.config import AuxTask, TransferConfig
 from spruce.transfer.data import Stream, labelled_task, mlm_stream, mlm_texts, task_stream
@@ -209,9 +210,12 @@ def build_objective(
     max_length: int,
     seed: int,
 ) -> AuxiliaryObjective:
-    """Heads and data streams for every auxiliary task of ``config``."""
+    """Heads and data streams for every auxiliary task of ``config``. Under several
+    processes each stream yields this process's shard (as the target's loader does); the
+    heads start alike everywhere (copied weights, or drawn after the same seeding)."""
     separate = config.coupling == "tied" or (config.coupling == "joint" and not config.shared_gates)
     batch_size = config.aux_batch_size or batch_size
+    shard = {"rank": context().rank, "world_size": context().world_size}
     runtimes = []
     for index, task in enumerate(config.aux):
         # Each stream has its own seed so two auxiliary tasks never draw in lock-step.
@@ -220,13 +224,19 @@ def build_objective(
             texts = mlm_texts(task, target)
             head, pretrained = mlm_head(model.config, model.get_input_embeddings(), source)
             stream = mlm_stream(
-                texts, tokenizer, batch_size, max_length, config.mlm_probability, stream_seed
+                texts,
+                tokenizer,
+                batch_size,
+                max_length,
+                config.mlm_probability,
+                stream_seed,
+                **shard,
             )
             examples = len(texts)
         else:
             data = labelled_task(task, seed)
             head, pretrained = classifier_head(model.config, data.num_labels), False
-            stream = task_stream(data, tokenizer, batch_size, max_length, stream_seed)
+            stream = task_stream(data, tokenizer, batch_size, max_length, stream_seed, **shard)
             examples = len(data.train)
         runtimes.append(
             AuxRuntime(

@@ -17,12 +17,20 @@ parameters, mask it on the live model (:mod:`spruce.vision.masking`) and fine-tu
 ``epochs_per_round``; then a final fine-tune of ``epochs``. At the end the merged copy is
 pruned physically with the same plan (the fused model, saved as safetensors + JSON and
 ONNX), and in adapt mode the task alone is saved as ``task.safetensors`` + ``task.json``.
+
+Every training phase (``dense``, ``round N``, ``final``) runs on the shared
+:class:`~spruce.train.Trainer`, so a run checkpoints into ``<out>.checkpoint/`` and resumes
+exactly as the text pipelines do (:mod:`spruce.train.checkpoint`): every
+``checkpoint_steps`` steps and at the end of each phase, the weights (adapters, masks,
+BatchNorm statistics), the optimizer shared by all phases, the data order and every
+generator; each round's channel plan is stored with the phases trained under it.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,15 +44,18 @@ from spruce.adapters import (
     AdapterConfig,
 )
 from spruce.errors import SpruceError
+from spruce.pipelines.common import open_checkpoint
 from spruce.report.writer import write_report
+from spruce.train.checkpoint import DEFAULT_EVERY_STEPS, Checkpointer, phase_checkpoint, remember
 from spruce.train.seeding import seed_everything
 from spruce.utils.atomic import check_output_dir, staged_output_dir
 from spruce.vision.adapt_model import (
     adapt_cnn,
     classifier_name,
     evaluate_cnn,
-    fit_cnn,
+    image_batches,
     learned_parameters,
+    train_phase,
 )
 from spruce.vision.artifacts import (
     MODEL_ONNX,
@@ -68,6 +79,21 @@ from spruce.vision.measure import cnn_flops, cnn_latency_ms
 from spruce.vision.models import input_normalization, load_cnn
 from spruce.vision.pruner import prunable_parameter_count
 
+# Settings of one attempt at a run (checkpointing may be switched or tuned from one attempt
+# to the next): in neither the report nor the checkpoint's fingerprint.
+ATTEMPT_SETTINGS = ("resume", "checkpoint_steps")
+# Where a run writes and how it runs: reported, but a resumed attempt may change them, as
+# it may the text pipelines' output and runtime options.
+RUNTIME_SETTINGS = (
+    "out",
+    "overwrite",
+    "threads",
+    "progress",
+    "export_onnx",
+    "measure_latency",
+    "latency_repeats",
+)
+
 
 @dataclass
 class CNNAdaptConfig:
@@ -76,7 +102,8 @@ class CNNAdaptConfig:
     ``target_sparsity`` is the fraction of the prunable conv/linear parameters (classifier
     excluded, as :func:`~spruce.vision.prunable_parameter_count` counts them) to remove;
     ``rank`` an int, or a float fraction of each layer's output width; ``max_steps`` caps
-    every training phase (quick checks).
+    every training phase (quick checks). ``checkpoint_steps`` and ``resume`` are the
+    text pipelines' checkpoint settings (:class:`~spruce.pipelines.common.RunSettings`).
     """
 
     train: str | Path
@@ -101,10 +128,14 @@ class CNNAdaptConfig:
     fine_prune: bool = False
     max_steps: int | None = None
     score_batches: int = 8
+    export_onnx: bool = True
+    measure_latency: bool = True
     latency_repeats: int = 10
     threads: int | None = None
     overwrite: bool = False
     progress: bool = True
+    resume: bool = False
+    checkpoint_steps: int = DEFAULT_EVERY_STEPS
 
     def validate(self) -> CNNAdaptConfig:
         if self.criterion not in CHANNEL_CRITERIA:
@@ -135,17 +166,57 @@ class CNNAdaptConfig:
     def adapter_config(self) -> AdapterConfig:
         return AdapterConfig(kind=self.adapter, rank=self.rank, scaling=self.scaling)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``config``: every setting but those of one attempt at the run."""
+        return {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in asdict(self).items()
+            if k not in ATTEMPT_SETTINGS
+        }
 
-def _prune_rounds(config, model, score_loader, example, head, fit, phases):
-    """``config.rounds`` of score -> extend the plan -> mask -> fine-tune (not after the last)."""
+    def fingerprinted(self) -> dict[str, Any]:
+        """The settings a checkpoint must have been written with to be continued; output
+        and runtime settings may change between attempts, as for the text pipelines."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_SETTINGS}
+
+
+def _prune_rounds(
+    config: CNNAdaptConfig,
+    model: nn.Module,
+    score_loader: DataLoader,
+    example: torch.Tensor,
+    head: str,
+    fit: Callable[[int, str], dict],
+    phases: list[dict],
+    checkpoint: Checkpointer | None,
+) -> tuple[PlanStep, list[dict]]:
+    """``config.rounds`` of score -> extend the plan -> mask -> fine-tune (not after the last).
+
+    Each round's plan is a checkpoint product: a resumed run masks the plan that the saved
+    weights were trained under instead of scoring again.
+    """
     plan, rounds = ChannelPlan(), []
     for r in range(1, config.rounds + 1):
         target = config.target_sparsity * r / config.rounds
-        criterion = CHANNEL_CRITERIA[config.criterion]()
-        step: PlanStep = extend_plan(
-            model, plan, score_loader, criterion, target, example, [head],
-            max_batches=config.score_batches,
-        )  # fmt: skip
+
+        def score(plan: ChannelPlan = plan, target: float = target) -> dict[str, Any]:
+            criterion = CHANNEL_CRITERIA[config.criterion]()
+            step = extend_plan(
+                model, plan, score_loader, criterion, target, example, [head],
+                max_batches=config.score_batches,
+            )  # fmt: skip
+            return {
+                "plan": step.plan.to_json(),
+                "parameters": step.parameters,
+                "base_parameters": step.base_parameters,
+            }
+
+        # Read back from JSON in every run, so a resumed run and an uninterrupted one take
+        # the same path.
+        chosen = remember(checkpoint, f"round {r} plan", score)
+        step = PlanStep(
+            ChannelPlan.from_json(chosen["plan"]), chosen["parameters"], chosen["base_parameters"]
+        )
         plan = step.plan
         apply_channel_plan(model, plan)
         rounds.append(
@@ -164,11 +235,14 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
     rebuilt by :func:`load_compact`; ``model.onnx``); in adapt mode the task alone
     (``task.safetensors`` + ``task.json``, switched in by :func:`load_task`) and
     ``adapter_config.json``. Sparsity is counted on the merged model, i.e. with the
-    adapters' per-task conv biases that the fused model carries.
+    adapters' per-task conv biases that the fused model carries. The run checkpoints into
+    ``<out>.checkpoint`` (removed once ``out`` is complete) and continues it with
+    ``resume`` (see the module docstring).
     """
     config.validate()
     out = Path(config.out)
     check_output_dir(out, config.overwrite)
+    checkpoint = open_checkpoint(config, "adapt", config.fingerprinted())
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -194,19 +268,32 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         train,
         batch_size=config.batch_size,
         shuffle=True,
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=torch.Generator().manual_seed(config.seed),  # saved with each checkpoint
+        collate_fn=image_batches,
     )
     score_loader = DataLoader(train, batch_size=config.batch_size)
     example = next(iter(score_loader))[0][:1]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
 
-    def fit(epochs: int, desc: str) -> dict:
-        return fit_cnn(
-            model, loader, optimizer, epochs, config.max_steps, adapt, config.progress, desc
+    def fit(epochs: int, phase: str) -> dict:
+        steps = epochs * len(loader)
+        if config.max_steps is not None:
+            steps = min(steps, config.max_steps)
+        return train_phase(
+            model,
+            loader,
+            optimizer,
+            steps,
+            freeze_batchnorm=adapt,
+            progress=config.progress,
+            description=phase,
+            checkpoint=phase_checkpoint(checkpoint, phase),
         )
 
     phases = [{"phase": "dense", **fit(config.dense_epochs, "dense")}]
-    step, rounds = _prune_rounds(config, model, score_loader, example, head, fit, phases)
+    step, rounds = _prune_rounds(
+        config, model, score_loader, example, head, fit, phases, checkpoint
+    )
     phases.append({"phase": "final", **fit(config.epochs, "final")})
     plan = step.plan
 
@@ -263,26 +350,28 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         "base_model_bytes": len(save({k: v.contiguous() for k, v in dense.state_dict().items()})),
         "masked_vs_fused_max_abs_diff": masked_diff,
         "training": phases,
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "config": config.to_dict(),
     }
     with staged_output_dir(out, config.overwrite) as staging:
         save_compact(fused, staging, {**meta, "history": history, "added_biases": added_biases})
-        report["onnx_max_abs_diff"] = export_cnn_onnx(
-            fused, staging / MODEL_ONNX, config.image_size
-        )
+        if config.export_onnx:
+            report["onnx_max_abs_diff"] = export_cnn_onnx(
+                fused, staging / MODEL_ONNX, config.image_size
+            )
         if adapt:
             save_task(model, staging, {**meta, "adapter": adapter_dict})
             config.adapter_config().save_pretrained(staging)
         task_file = staging / (TASK_WEIGHTS if adapt else MODEL_WEIGHTS)
         report["task_file_bytes"] = task_file.stat().st_size
-        report["latency"] = {
-            f"batch_{b}": {
-                name: cnn_latency_ms(net, b, config.image_size, config.latency_repeats)
-                for name, net in (("dense", dense), ("fused", fused))
+        if config.measure_latency:
+            report["latency"] = {
+                f"batch_{b}": {
+                    name: cnn_latency_ms(net, b, config.image_size, config.latency_repeats)
+                    for name, net in (("dense", dense), ("fused", fused))
+                }
+                for b in (1, 32)
             }
-            for b in (1, 32)
-        }
-        report["latency"].update(image_size=config.image_size, threads=torch.get_num_threads())
+            report["latency"].update(image_size=config.image_size, threads=torch.get_num_threads())
         report["flops"] = {
             "dense": cnn_flops(dense, config.image_size),
             "fused": cnn_flops(fused, config.image_size),
@@ -291,4 +380,6 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         }
         report["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_report(report, staging / "report.json")
+    if checkpoint is not None:
+        checkpoint.remove()  # --out is complete
     return report

@@ -1,15 +1,15 @@
-"""Adapters inside a CNN and the training loop of one CNN task (see :mod:`spruce.vision.adapt`)."""
+"""Adapters inside a CNN and the training phases of one task (see :mod:`spruce.vision.adapt`)."""
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, default_collate
 
 from spruce.adapters import (
     AdapterConfig,
@@ -17,6 +17,8 @@ from spruce.adapters import (
     find_adapters,
     inject_adapters,
 )
+from spruce.train import TrainConfig, Trainer
+from spruce.train.resume import TrainerCheckpoint
 from spruce.vision.efficientnet_lite import SameConv2d
 from spruce.vision.masking import (
     ChannelMasks,
@@ -81,32 +83,114 @@ def learned_parameters(model: nn.Module, classifier: str, masks: ChannelMasks | 
     return own + sum(layer.learned_parameters() for layer in find_adapters(model).values())
 
 
-def fit_cnn(model, loader, optimizer, epochs, max_steps, freeze_bn, progress, desc) -> dict:
-    """Plain AdamW steps over ``epochs`` of ``loader`` (at most ``max_steps``)."""
-    total = epochs * len(loader) if max_steps is None else min(epochs * len(loader), max_steps)
-    stats = {"steps": 0, "loss": None, "accuracy": None}
-    if total <= 0:
-        return stats
-    train_mode(model, freeze_bn)
-    loss_sum, hits, seen = 0.0, 0, 0
-    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
-        while stats["steps"] < total:
-            for images, labels in loader:
-                optimizer.zero_grad(set_to_none=True)
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(labels)
-                hits += int((logits.argmax(1) == labels).sum())
-                seen += len(labels)
-                stats["steps"] += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}")
-                if stats["steps"] >= total:
-                    break
-    model.eval()
-    return {**stats, "loss": loss_sum / seen, "accuracy": hits / seen}
+class TrainingView(nn.Module):
+    """The CNN as the shared :class:`~spruce.train.Trainer` trains it.
+
+    The Trainer puts its model in train mode at the start of every phase (and of a resumed
+    one); here ``train()`` then leaves BatchNorm in eval mode when it belongs to a shared
+    base (:func:`train_mode`). Its state dict is the CNN's, under ``net.``.
+    """
+
+    def __init__(self, net: nn.Module, freeze_batchnorm: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.freeze_batchnorm = freeze_batchnorm
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def train(self, mode: bool = True) -> TrainingView:
+        super().train(mode)
+        if mode:
+            train_mode(self.net, self.freeze_batchnorm)
+        return self
+
+
+def image_batches(items: list[tuple[Tensor, int]]) -> dict[str, Tensor]:
+    """``collate_fn`` of a CNN's training loader: the Trainer takes batches as dicts."""
+    images, labels = default_collate(items)
+    return {"images": images, "labels": labels}
+
+
+class PhaseTally:
+    """Cross-entropy of a CNN phase and what the report says of it: the mean loss and the
+    accuracy over the phase's training batches.
+
+    It is the Trainer's ``loss_fn`` (:meth:`loss`) and a step callback at once; its sums
+    are part of the phase's checkpoint, so a resumed phase reports the same numbers as an
+    uninterrupted one.
+    """
+
+    def __init__(self) -> None:
+        self.loss_sum, self.hits, self.seen = 0.0, 0, 0
+        self._batch = (0, 0)  # correct predictions and size of the batch being trained on
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        labels = batch["labels"]
+        logits = model(batch["images"])
+        self._batch = (int((logits.argmax(1) == labels).sum()), len(labels))
+        accuracy = (self.hits + self._batch[0]) / (self.seen + self._batch[1])
+        return F.cross_entropy(logits, labels), {"acc": accuracy}
+
+    def __call__(self, trainer: Trainer, step: int, stats: dict[str, float]) -> None:
+        hits, size = self._batch
+        self.loss_sum += stats["loss"] * size
+        self.hits += hits
+        self.seen += size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": self.loss_sum, "hits": self.hits, "seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum, self.hits, self.seen = state["loss_sum"], state["hits"], state["seen"]
+
+    def summary(self, steps: int) -> dict[str, Any]:
+        loss, accuracy = self.loss_sum / self.seen, self.hits / self.seen
+        return {"steps": steps, "loss": loss, "accuracy": accuracy}
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
+def train_phase(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    *,
+    freeze_batchnorm: bool,
+    progress: bool,
+    description: str,
+    checkpoint: TrainerCheckpoint | None = None,
+) -> dict[str, Any]:
+    """``steps`` steps of cross-entropy on ``loader`` (batches from :func:`image_batches`)
+    through the shared :class:`~spruce.train.Trainer`, so that a ``checkpoint`` makes the
+    phase resumable and a stop signal saves first.
+
+    ``optimizer`` carries over from phase to phase (its moments included) at a constant
+    learning rate, without gradient clipping: the CNN recipe, not the encoders' linear
+    warm-up/decay per phase. Returns the phase's summary and leaves ``model`` in eval mode.
+    """
+    if steps <= 0:
+        return {"steps": 0, "loss": None, "accuracy": None}
+    tally = PhaseTally()
+    trainer = Trainer(
+        TrainingView(model, freeze_batchnorm),
+        loader,
+        TrainConfig(max_steps=steps, max_grad_norm=0.0, patience=None),
+        loss_fn=tally.loss,
+        callbacks=[tally],
+        keep_best=False,  # nothing is evaluated while a CNN phase trains
+        progress=progress,
+        description=description,
+        checkpoint=checkpoint,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _constant),
+    )
+    result = trainer.fit()
+    model.eval()  # channels are scored, and the model evaluated, in eval mode
+    return tally.summary(result.steps)
 
 
 @torch.no_grad()
