@@ -277,3 +277,63 @@ def test_two_process_transfer_keeps_every_rank_identical(tiny_models, tmp_path, 
         else:
             assert calls["prune"] == report["phases"]["prune"][0]["steps"] > 0
             assert calls["final"] > 0  # constant schedule: the heads train in the final phase
+
+
+# -- a stop signal that reaches one rank only -----------------------------------------
+
+
+def _signal_worker(rank: int, world_size: int, model_dir: str, data_dir: str, out: str) -> None:
+    import signal
+
+    from spruce.data import TaskDataConfig, load_task
+    from spruce.models import load_classifier
+    from spruce.pipelines.common import build_loaders
+    from spruce.train import TrainConfig, Trainer, seed_everything
+    from spruce.train import distributed as distributed_module
+    from spruce.train.checkpoint import Checkpointer
+    from spruce.train.interrupt import Interrupted
+
+    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank))
+    distributed_module._CONTEXT = None  # read this process's place from the environment
+    context = distributed_module.context()
+    context.init("gloo")
+    try:
+        seed_everything(0)
+        data = Path(data_dir)
+        task = load_task(TaskDataConfig(train=str(data / "train.tsv")))
+        model, tokenizer, _ = load_classifier(model_dir, task.label_names)
+        config = TrainConfig(max_steps=8, batch_size=4, learning_rate=1e-3)
+        loaders = build_loaders(task, tokenizer, config, max_length=32)
+
+        def kill_rank_1(trainer, step, stats):
+            if rank == 1 and step == 3:  # as `kill PID` on one worker would
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        checkpoint = Checkpointer(Path(out) / "run.checkpoint", "x", 2).phase("p")
+        trainer = Trainer(
+            model, loaders["train"], config, callbacks=[kill_rank_1], progress=False,
+            checkpoint=checkpoint,
+        )  # fmt: skip
+        try:
+            trainer.fit()
+            outcome = {"finished": True}
+        except Interrupted as stop:
+            outcome = {"step": stop.step, "signal": stop.signal_number}
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        context.destroy()
+
+
+def test_a_stop_signal_to_one_rank_stops_every_rank_at_the_same_step(
+    tiny_models, tmp_path, monkeypatch
+):
+    data = write_sentiment_files(tmp_path / "data")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    args = (2, str(tiny_models["bert"]), str(data["train"].parent), str(tmp_path))
+    mp.spawn(_signal_worker, args=args, nprocs=2)
+    outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # Rank 0 never got the signal, yet it saved and left at the step rank 1 stopped at
+    # (without the shared flag it would train on and wait forever in the next all-reduce).
+    assert outcomes == [{"step": 3, "signal": 15}] * 2
+    assert list((tmp_path / "run.checkpoint").glob("*.pt"))  # rank 0 wrote the checkpoint

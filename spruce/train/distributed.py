@@ -88,6 +88,16 @@ class DistributedContext:
             tensor.div_(self.world_size)
         return tensor
 
+    def max_over_ranks(self, value: int) -> int:
+        """The largest ``value`` any process holds (every process gets it)."""
+        if not self.active:
+            return value
+        box = torch.tensor([value], dtype=torch.int64)
+        if dist.get_backend() == "nccl":
+            box = box.cuda()
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        return int(box.item())
+
     def broadcast_parameters(self, parameters: Iterable[torch.Tensor]) -> None:
         """Give every process rank 0's values of ``parameters``."""
         if not self.active:

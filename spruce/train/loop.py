@@ -276,7 +276,7 @@ class Trainer:
                     if state.result.stopped_early or state.step >= self.total_steps:
                         break
                     every = self.checkpoint.every_steps if self.checkpoint is not None else 0
-                    requested = stop is not None and stop.requested is not None
+                    requested = self._stop_requested(stop)
                     if (every and state.step % every == 0) or requested:
                         self._save(state, epoch, finished=False, start=start)
                     if requested:
@@ -292,7 +292,8 @@ class Trainer:
         state.result.wall_time_s = time.perf_counter() - start
         if self.checkpoint is not None:
             self._save(state, None, finished=True, start=start)
-        if stop is not None and stop.requested is not None:
+        if self._stop_requested(stop):
+            assert stop is not None
             raise self._interrupted(stop, state.step)
         return state.result
 
@@ -362,6 +363,18 @@ class Trainer:
         self.checkpoint.save(
             trainer_state(self, asdict(state.result), progress, epoch, finished=finished)
         )
+
+    def _stop_requested(self, stop: StopSignals | None) -> bool:
+        """Whether any process was asked to stop. A signal often reaches one rank only (a
+        scheduler, ``kill PID``); the flag is shared at each step so that every rank saves
+        and leaves at the same step instead of the others hanging in the next collective."""
+        if stop is None:
+            return False
+        if self.distributed.active:
+            signal_number = self.distributed.max_over_ranks(stop.requested or 0)
+            if signal_number and stop.requested is None:
+                stop.requested = signal_number
+        return stop.requested is not None
 
     def _interrupted(self, stop: StopSignals, step: int) -> Interrupted:
         assert self.checkpoint is not None and stop.requested is not None
