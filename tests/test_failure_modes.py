@@ -17,6 +17,7 @@ from spruce.pipelines import finetune as finetune_pipeline
 from spruce.pipelines.common import build_loaders
 from spruce.report import write_report
 from spruce.train import TrainConfig, Trainer, classification_loss
+from spruce.train.checkpoint import Checkpointer
 from tiny_models import write_sentiment_files
 
 
@@ -35,6 +36,36 @@ def test_diverging_loss_is_a_user_error(tiny_models: dict[str, Path], tmp_path: 
     with pytest.raises(SpruceError, match="training loss became inf at step 1") as caught:
         trainer.fit()
     assert "lower --learning-rate" in caught.value.one_line()
+
+
+def test_diverging_loss_keeps_the_last_good_checkpoint(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    files = write_sentiment_files(tmp_path / "data", n_train=32)
+    task = load_task(TaskDataConfig(train=str(files["train"])))
+    model, tokenizer, _ = load_classifier(str(tiny_models["bert"]), task.label_names)
+    config = TrainConfig(max_steps=8, batch_size=4)
+    loaders = build_loaders(task, tokenizer, config, max_length=16)
+    steps = {"n": 0}
+
+    def diverging_at_step_6(model, batch):
+        steps["n"] += 1
+        loss, stats = classification_loss(model, batch)
+        return (loss * float("nan") if steps["n"] == 6 else loss), stats
+
+    directory = tmp_path / "run.checkpoint"
+    checkpoint = Checkpointer(directory, "x", 2).phase("p")
+    trainer = Trainer(
+        model, loaders["train"], config, loss_fn=diverging_at_step_6, progress=False,
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    with pytest.raises(SpruceError, match="became nan at step 6") as caught:
+        trainer.fit()
+    assert str(directory) in caught.value.one_line()
+    saved = Checkpointer(directory, "x", 2).phase("p").load()
+    assert saved is not None and not saved["finished"]
+    assert saved["step"] == 4  # the last save before the divergence
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
 def test_ctrl_c_while_writing_keeps_the_previous_output(

@@ -303,9 +303,16 @@ class Trainer:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         loss, stats = self.loss_fn(self._forward_model, batch)
         if not torch.isfinite(loss):
+            # Raised before the step: no checkpoint ever holds the diverged weights.
+            kept = (
+                f" (the checkpoint in {self.checkpoint.directory} keeps the last save before "
+                "it: --resume after fixing the data, --overwrite to start again)"
+                if self.checkpoint is not None and hasattr(self.checkpoint, "directory")
+                else ""
+            )
             raise SpruceError(
                 f"the training loss became {loss.item()} at step {state.step + 1}",
-                "lower --learning-rate or check the data",
+                f"lower --learning-rate or check the data{kept}",
             )
         loss.backward()
         self.distributed.average_gradients(self._outside)
