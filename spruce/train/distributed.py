@@ -1,5 +1,5 @@
 """Multi-process training with ``torch.distributed``: one process per CPU group or GPU,
-launched by ``torchrun`` (or ``accelerate launch``), which sets ``WORLD_SIZE``, ``RANK``
+launched by ``torchrun`` (or ``accelerate launch --multi_gpu``), which sets ``WORLD_SIZE``, ``RANK``
 and ``LOCAL_RANK``.
 
 Every process runs the whole pipeline. The training loader gives each a disjoint shard
