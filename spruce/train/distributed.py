@@ -1,6 +1,6 @@
 """Multi-process training with ``torch.distributed``: one process per CPU group or GPU,
-launched by ``torchrun`` (or ``accelerate launch --multi_gpu``), which sets ``WORLD_SIZE``, ``RANK``
-and ``LOCAL_RANK``.
+launched by ``torchrun`` (or ``accelerate launch --multi_gpu``), which sets
+``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``.
 
 Every process runs the whole pipeline. The training loader gives each a disjoint shard
 of the data (:class:`~torch.utils.data.distributed.DistributedSampler`), the model is
