@@ -158,14 +158,20 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(
 ):
     kind, extra = CASES[case]
     argv = command(kind, tiny_models["bert"], data, tmp_path / "out", *extra)
+    crash_then_resume(monkeypatch, argv, tmp_path / "out", phase, step)
+    assert_same_run(tmp_path / "out", references[case])
+
+
+def crash_then_resume(monkeypatch, argv: list[str], out: Path, phase: str, step: int) -> None:
+    """Run ``argv`` until just after the save at ``step`` of ``phase`` (nothing written to
+    ``out``, the checkpoint kept), then run it again with ``--resume`` to the end."""
     with monkeypatch.context() as patch:
         crash_after_save(patch, phase, step)
         with pytest.raises(Crash):
             main(argv)
-    assert not (tmp_path / "out").exists()
-    assert (checkpoint_dir(tmp_path / "out") / "run.json").is_file()
+    assert not out.exists()
+    assert (checkpoint_dir(out) / "run.json").is_file()
     assert main([*argv, "--resume"]) == 0
-    assert_same_run(tmp_path / "out", references[case])
 
 
 # -- the training loop on its own -------------------------------------------------------
@@ -556,13 +562,7 @@ def test_stopped_and_resumed_image_task_equals_the_uninterrupted_one(
 ):
     extra = ("--fine-prune",) if mode == "fine-prune" else ()
     argv = image_command(images, tmp_path / "out", *extra)
-    with monkeypatch.context() as patch:
-        crash_after_save(patch, phase, step)
-        with pytest.raises(Crash):
-            main(argv)
-    assert not (tmp_path / "out").exists()
-    assert (checkpoint_dir(tmp_path / "out") / "run.json").is_file()
-    assert main([*argv, "--resume"]) == 0
+    crash_then_resume(monkeypatch, argv, tmp_path / "out", phase, step)
     assert_same_image_run(tmp_path / "out", image_references[mode])
 
 
