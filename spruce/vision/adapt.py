@@ -66,7 +66,7 @@ from spruce.vision.artifacts import (
     save_task,
 )
 from spruce.vision.channels import CHANNEL_CRITERIA
-from spruce.vision.data import load_images
+from spruce.vision.data import ImageDataset, load_images
 from spruce.vision.masking import (
     ChannelPlan,
     PlanStep,
@@ -228,6 +228,24 @@ def _prune_rounds(
     return step, rounds
 
 
+def _check_training_classes(train: ImageDataset, config: CNNAdaptConfig) -> None:
+    """At least two classes among the training images, as for the text tasks: with one
+    the loss is zero from the start and every metric is trivially perfect."""
+    present = sorted(set(train.labels))
+    if len(present) >= 2:
+        return
+    only = train.class_names[present[0]]
+    if config.max_train_samples is not None and len(train.class_names) > 1:
+        raise SpruceError(
+            f"the sampled training set holds a single class ('{only}')",
+            "raise --max-train-samples",
+        )
+    raise SpruceError(
+        f"{config.train} holds images of a single class ('{only}')",
+        "classification needs at least two classes: add a class folder (or labels)",
+    )
+
+
 def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
     """Train, prune, fuse and report one task; writes ``config.out`` atomically.
 
@@ -252,9 +270,15 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
     train = load_images(
         config.train, max_train_samples=config.max_train_samples, seed=config.seed, **read
     )
+    _check_training_classes(train, config)
     splits = {s: getattr(config, s) for s in ("validation", "test") if getattr(config, s)}
+    # Each split numbered by the training data's classes: read on its own, a test folder
+    # without one class would number the classes after it differently.
     eval_loaders = {
-        s: DataLoader(load_images(p, **read), batch_size=max(config.batch_size, 64))
+        s: DataLoader(
+            load_images(p, class_names=train.class_names, **read),
+            batch_size=max(config.batch_size, 64),
+        )
         for s, p in splits.items()
     }
     num_classes = len(train.class_names)
