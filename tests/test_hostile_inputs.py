@@ -269,7 +269,7 @@ def settings_dicts(known: list[str], plausible: st.SearchStrategy[Any]) -> st.Se
 aux_tasks = st.lists(
     st.dictionaries(
         st.sampled_from(["kind", "path", "weight", "text_columns", "label_column", "kindd"]),
-        st.sampled_from(["mlm", "task", "x.tsv", 0.5, -1, ["a", "b"]]) | json_values,
+        st.sampled_from(["mlm", "task", "distill", "x.tsv", 0.5, -1, ["a", "b"]]) | json_values,
         max_size=4,
     ),
     max_size=3,

@@ -99,6 +99,12 @@ PRUNE_DISTILL_MLM = (
     "--final-max-steps", "6", "--aux", "mlm", "--aux-schedule", "constant",
     "--checkpoint-steps", "3",
 )  # fmt: skip
+# The teacher's predictions on the unlabelled rest: a padding-only stream, tied gates.
+PRUNE_DISTILL_AUX = (
+    "--max-train-samples", "64", "--distill", "--max-steps", "6", "--prune-max-steps", "8",
+    "--final-max-steps", "6", "--aux", "distill", "--coupling", "tied", "--aux-schedule",
+    "constant", "--checkpoint-steps", "3",
+)  # fmt: skip
 PRUNE_ROUNDS = (
     "--max-train-samples", "64", "--method", "magnitude", "--prune-rounds", "2",
     "--prune-max-steps", "8", "--final-max-steps", "6", "--checkpoint-steps", "3",
@@ -116,6 +122,7 @@ ADAPT_ROUNDS = (
 CASES = {
     "finetune": ("finetune", (*FINETUNE, "--checkpoint-steps", "4")),
     "prune-distill-mlm": ("prune", PRUNE_DISTILL_MLM),
+    "prune-distill-aux": ("prune", PRUNE_DISTILL_AUX),
     "prune-rounds": ("prune", PRUNE_ROUNDS),
     "prune-sequential": ("prune", PRUNE_SEQUENTIAL),
     "adapt-rounds": ("adapt", ADAPT_ROUNDS),
@@ -146,6 +153,8 @@ def references(tiny_models, data, tmp_path_factory) -> dict[str, Path]:
         ("prune-distill-mlm", "prune", 6),  # gates, multipliers, distiller, MLM stream
         ("prune-distill-mlm", "prune", None),  # between the pruning phase and compaction
         ("prune-distill-mlm", "final", 3),  # compact model, compacted MLM head
+        ("prune-distill-aux", "prune", 6),  # distill stream, its own gate set
+        ("prune-distill-aux", "final", 3),  # compact student against the dense teacher
         ("prune-rounds", "prune round 1", None),  # round 2's masks scored again
         ("prune-rounds", "final", 3),  # round 2's masks taken from the checkpoint
         ("prune-sequential", "auxiliary stage", 4),

@@ -18,8 +18,8 @@ from spruce.pruning.phases import PhaseExtras, learn_l0_masks
 from spruce.train import TrainConfig
 from spruce.transfer import Schedule, TransferConfig, canonical_prune_options, parse_aux
 from spruce.transfer.data import Stream, mlm_stream, mlm_texts
-from spruce.transfer.heads import ClassifierHead, MaskedLMHead
-from spruce.transfer.objective import AuxiliaryObjective, AuxRuntime, encode
+from spruce.transfer.heads import ClassifierHead, MaskedLMHead, encode
+from spruce.transfer.objective import AuxiliaryObjective, AuxRuntime
 from tiny_models import write_sentiment_files
 
 
@@ -262,7 +262,7 @@ def test_tied_gates_differ_but_move_together_as_the_penalty_grows(tiny_models, d
         prune = PruneConfig(target_sparsity=0.5, prune_epochs=8, lr_gates=0.3).validate()
         result = learn_l0_masks(
             model, loaders["train"], train, prune, classification_loss, None,
-            torch.device("cpu"), False, [objective.optimizer(5e-3)],
+            torch.device("cpu"), False, objective.optimizers(5e-3),
             extras=PhaseExtras(aux_loss=objective.loss,
                                other_gate_sets=objective.separate_gate_sets,
                                coupling_penalty=objective.tie_penalty),

@@ -130,7 +130,11 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="SPEC",
         help="auxiliary task, repeatable: mlm (the unlabelled rest of --train), mlm:PATH "
-        "(.txt one document per line, or a data file), task:PATH (labelled data)",
+        "(.txt one document per line, or a data file), task:PATH (labelled data), "
+        "distill (the dense teacher's predictions on the unlabelled rest of --train: the "
+        "most direct transfer from the teacher when labels are scarce; needs --teacher or "
+        "--distill), distill:PATH (a file with the target's text columns; .txt for single "
+        "texts)",
     )
     group.add_argument(
         "--aux-weight",

@@ -52,6 +52,7 @@ from spruce.train.resume import Stateful
 from spruce.transfer.config import TransferConfig
 from spruce.transfer.coupling import (
     check_compatible,
+    check_distill_texts,
     final_phase_loss,
     joint_loss,
     phase_extras,
@@ -82,6 +83,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         "max_length": run.max_length,
     }
     device, task, checkpoint = begin_run(run, "prune", configuration)
+    check_distill_texts(run.transfer, task)
     student, tokenizer, source = _initial_model(run, task)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
 
@@ -130,13 +132,16 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         return loss_fn, [optimizer], [distiller]
 
     base_loss, extra_optimizers, distillers = objective(student)
-    auxiliary = _auxiliary_objective(run, task, student, tokenizer, source, loaders, device)
+    auxiliary = _auxiliary_objective(
+        run, task, student, teacher, tokenizer, source, loaders, device
+    )
     aux_state: list[Stateful] = [] if auxiliary is None else [auxiliary]
-    aux_optimizers = [] if auxiliary is None else [auxiliary.optimizer(run.train.learning_rate)]
-    # The auxiliary losses encode their batches with model.base_model, outside the DDP
-    # wrapper: under several processes the target phases that compute them average the
-    # model's gradients in one all-reduce after backward instead (Trainer(wrap_ddp=False);
-    # learn_l0_masks decides so itself from its extras, as run_first_stage does).
+    aux_optimizers = [] if auxiliary is None else auxiliary.optimizers(run.train.learning_rate)
+    # The auxiliary losses run their batches through the model itself (model.base_model;
+    # for distill the whole classifier), outside the DDP wrapper: under several processes
+    # the target phases that compute them average the model's gradients in one all-reduce
+    # after backward instead (Trainer(wrap_ddp=False); learn_l0_masks decides so itself
+    # from its extras, as run_first_stage does).
     aux_in_target = auxiliary is not None and run.transfer.coupling in ("joint", "tied")
     initial_gates = None
     if run.transfer.coupling == "sequential":
@@ -263,8 +268,9 @@ def _steps(epochs: float, max_steps: int | None, loader) -> int:
     return max_steps or max(1, math.ceil(epochs * len(loader)))
 
 
-def _auxiliary_objective(run, task, student, tokenizer, source, loaders, device):
-    """Heads and data of the auxiliary tasks, when the coupling uses them."""
+def _auxiliary_objective(run, task, student, teacher, tokenizer, source, loaders, device):
+    """Heads and data of the auxiliary tasks, when the coupling uses them; ``distill``
+    learns from the run's dense teacher at the distillation temperature."""
     if not run.transfer.active:
         return None
     auxiliary = build_objective(
@@ -276,6 +282,8 @@ def _auxiliary_objective(run, task, student, tokenizer, source, loaders, device)
         run.train.batch_size,
         run.max_length,
         run.train.seed,
+        teacher=teacher,
+        temperature=run.prune.distillation.temperature,
     ).to(device)
     # linear-decay runs over both target phases; final early stopping may end it sooner.
     auxiliary.total_steps = _steps(

@@ -1,8 +1,10 @@
 """Settings of transfer from auxiliary tasks during pruning: which tasks, how, what, when.
 
 * **Auxiliary tasks** (:class:`AuxTask`): ``mlm`` on unlabelled text (a file, or by
-  default the unlabelled remainder of the target's training file) and ``task``, a
-  labelled classification file. Each has a loss weight; all share the encoder.
+  default the unlabelled remainder of the target's training file), ``task``, a labelled
+  classification file, and ``distill``, the dense teacher's predictions on unlabelled
+  in-domain text shaped as the target's (same default, or a file). Each has a loss
+  weight; all share the encoder.
 * **How** (``coupling``): ``none`` (target only, the baseline), ``sequential`` (a pruning
   stage on the auxiliary tasks, then the target's), ``joint`` (one multitask objective
   while pruning), ``tied`` (joint, with separate gates per task pulled together by
@@ -31,12 +33,13 @@ from spruce.utils.fields import checked_fields
 COUPLINGS = ("none", "sequential", "joint", "tied")
 TRANSFERS = ("weights", "masks", "both")
 SCHEDULES = ("constant", "prune-only", "linear-decay", "warmup:K", "delayed:K")
-AUX_KINDS = ("mlm", "task")
+AUX_KINDS = ("mlm", "task", "distill")
 
 
 @dataclass(frozen=True)
 class AuxTask:
-    """One auxiliary task. ``path`` None for ``mlm`` means the target's unlabelled rest."""
+    """One auxiliary task. ``path`` None for ``mlm`` and ``distill`` means the target's
+    unlabelled rest."""
 
     kind: str
     path: str | None = None
@@ -70,7 +73,7 @@ class AuxTask:
 
 
 def parse_aux(spec: str) -> AuxTask:
-    """``mlm``, ``mlm:PATH`` or ``task:PATH`` -> :class:`AuxTask` (weight 1)."""
+    """``mlm[:PATH]``, ``task:PATH`` or ``distill[:PATH]`` -> :class:`AuxTask` (weight 1)."""
     kind, _, path = spec.partition(":")
     return AuxTask(kind=kind.strip(), path=path.strip() or None).validate()
 

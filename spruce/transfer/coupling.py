@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import PreTrainedModel
 
+from spruce.data import TaskData
 from spruce.errors import SpruceError
 from spruce.masks.gates import EncoderGates
 from spruce.masks.units import UnitMasks
@@ -24,12 +25,22 @@ from spruce.train import TrainConfig
 from spruce.train.checkpoint import Checkpointer
 from spruce.train.loop import LossFn
 from spruce.transfer.config import TransferConfig
-from spruce.transfer.objective import AuxiliaryObjective, StepsLoader, with_auxiliary
+from spruce.transfer.data import distill_texts
+from spruce.transfer.objective import (
+    AuxiliaryObjective,
+    StepsLoader,
+    no_teacher_error,
+    with_auxiliary,
+)
 
 
 def check_compatible(transfer: TransferConfig, prune: PruneConfig) -> None:
     """Couplings that learn or carry gates need the ``l0`` method; a shared-structure
-    ``joint`` objective works with any method (it only adds a loss)."""
+    ``joint`` objective works with any method (it only adds a loss). ``distill`` needs a
+    teacher: checked here, before any model or data is loaded."""
+    distills = transfer.active and any(task.kind == "distill" for task in transfer.aux)
+    if distills and not prune.uses_teacher:
+        raise no_teacher_error()
     needs_gates = transfer.coupling in ("sequential", "tied") or (
         transfer.coupling == "joint" and not transfer.shared_gates
     )
@@ -39,6 +50,15 @@ def check_compatible(transfer: TransferConfig, prune: PruneConfig) -> None:
             f"gates, which --method {prune.method} does not have",
             "use --method l0, or --coupling joint --transfer both",
         )
+
+
+def check_distill_texts(transfer: TransferConfig, target: TaskData) -> None:
+    """Read every ``distill`` task's text once, so that a file that does not fit the
+    target's text shape fails before the teacher's fine-tune (which may take hours), not
+    after it, when the auxiliary tasks are built."""
+    for task in transfer.aux if transfer.active else ():
+        if task.kind == "distill":
+            distill_texts(task, target)
 
 
 @dataclass
@@ -80,7 +100,7 @@ def run_first_stage(
         None,
         device,
         progress,
-        [objective.optimizer(train.learning_rate)],
+        objective.optimizers(train.learning_rate),
         description="auxiliary stage (l0)",
         checkpoint=checkpoint,
         checkpoint_modules=[objective],
@@ -134,4 +154,4 @@ def final_phase_loss(
     objective.compact_heads(kept)
     objective.heads.to(objective.device)
     objective.phase = "final"
-    return with_auxiliary(base, objective), [objective.optimizer(learning_rate)]
+    return with_auxiliary(base, objective), objective.optimizers(learning_rate)

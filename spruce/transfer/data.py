@@ -18,7 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, read_table, tokenize_split
-from spruce.data.columns import resolve_columns
+from spruce.data.columns import PAIR_COLUMNS, SINGLE_COLUMNS, resolve_columns
 from spruce.errors import SpruceError
 from spruce.train.rng import generator_state, set_generator_state
 from spruce.transfer.config import AuxTask
@@ -143,17 +143,59 @@ def mlm_texts(task: AuxTask, target: TaskData) -> datasets.Dataset:
     """Canonical ``text_a`` (and ``text_b``) rows for MLM: the file of ``task``, or the
     target's unlabelled rest (its labelled sample when every training row is labelled)."""
     if task.path is None:
-        texts = target.unlabelled if target.unlabelled is not None else target.train
-        return texts.select_columns([c for c in ("text_a", "text_b") if c in texts.column_names])
+        return _target_texts(target)
     path = Path(task.path)
     if path.suffix.lower() in TEXT_SUFFIXES:
         return _read_lines(path)
     table = read_table(task.path, split="train")
     columns = list(task.text_columns) if task.text_columns else _text_columns(table, task.path)
-    missing = [c for c in columns if c not in table.column_names]
-    if missing or len(columns) > 2:
+    return _canonical_texts(table, columns, task.path)
+
+
+def distill_texts(task: AuxTask, target: TaskData) -> datasets.Dataset:
+    """Canonical text rows for the teacher to predict on, shaped as the target's (the
+    classifier reads pairs only as pairs): the target's unlabelled rest (its labelled
+    sample when every training row is labelled), or the file of ``task`` read with
+    ``--aux-text-columns``, else the target's own text columns, else the usual detection.
+    Labels, if the file has any, are dropped."""
+    if task.path is None:
+        return _target_texts(target)
+    path, shape = Path(task.path), "sentence pairs" if target.is_pair else "single texts"
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        if target.is_pair:
+            raise SpruceError(
+                f"--aux distill:{task.path} has one text per line, but the target task "
+                "reads sentence pairs",
+                "give a data file with two text columns (--aux-text-columns FIRST,SECOND)",
+            )
+        return _read_lines(path)
+    table = read_table(task.path, split="train")
+    if task.text_columns:
+        columns = list(task.text_columns)
+    elif all(c in table.column_names for c in target.columns.text_columns):
+        columns = list(target.columns.text_columns)
+    else:
+        columns = _detected_text_columns(table, target.is_pair, task.path)
+    if len(columns) != len(target.columns.text_columns):
         raise SpruceError(
-            f"{task.path}: cannot use text columns {', '.join(columns)} "
+            f"--aux distill:{task.path} gives {len(columns)} text column(s) "
+            f"({', '.join(columns)}), the target task reads {shape}",
+            f"pass --aux-text-columns with {'two' if target.is_pair else 'one'} of its columns",
+        )
+    return _canonical_texts(table, columns, task.path)
+
+
+def _target_texts(target: TaskData) -> datasets.Dataset:
+    texts = target.unlabelled if target.unlabelled is not None else target.train
+    return texts.select_columns([c for c in ("text_a", "text_b") if c in texts.column_names])
+
+
+def _canonical_texts(table: datasets.Dataset, columns: list[str], where: str) -> datasets.Dataset:
+    """``columns`` of ``table`` as ``text_a`` (and ``text_b``), every value a string."""
+    missing = [c for c in columns if c not in table.column_names]
+    if missing or not 1 <= len(columns) <= 2:
+        raise SpruceError(
+            f"{where}: cannot use text columns {', '.join(columns)} "
             f"(columns are {', '.join(table.column_names)})",
             "pass --aux-text-columns with one or two of its columns",
         )
@@ -179,6 +221,24 @@ def _text_columns(table: datasets.Dataset, where: str) -> list[str]:
             f"(columns: {', '.join(table.column_names)})",
             "pass --aux-text-columns NAME",
         ) from None
+
+
+def _detected_text_columns(table: datasets.Dataset, pair: bool, where: str) -> list[str]:
+    """The known pair (or single-text) column names of a file that may have no label."""
+    names = table.column_names
+    if pair:
+        found = [list(p) for p in PAIR_COLUMNS if all(n in names for n in p)]
+    else:
+        found = [[n] for n in SINGLE_COLUMNS if n in names]
+    if found:
+        return found[0]
+    if not pair:
+        return _text_columns(table, where)  # the one string column
+    raise SpruceError(
+        f"cannot tell which two columns of {where} hold the sentence pairs "
+        f"(columns: {', '.join(names)})",
+        "pass --aux-text-columns FIRST,SECOND",
+    )
 
 
 def _read_lines(path: Path) -> datasets.Dataset:
@@ -249,7 +309,21 @@ def task_stream(
     world_size: int = 1,
 ) -> Stream:
     """Labelled batches of ``data.train``; with ``world_size > 1`` process ``rank``'s shard."""
-    encoded = tokenize_split(data.train, tokenizer, max_length)
+    return text_stream(data.train, tokenizer, batch_size, max_length, seed, rank, world_size)
+
+
+def text_stream(
+    texts: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Stream:
+    """Padded batches of canonical rows (with their labels, if any; ``distill`` has none);
+    with ``world_size > 1`` process ``rank``'s shard."""
+    encoded = tokenize_split(texts, tokenizer, max_length)
     loader = make_loader(
         encoded, tokenizer, batch_size, shuffle=True, seed=seed, num_replicas=world_size, rank=rank
     )

@@ -1,20 +1,28 @@
-"""Task heads of the auxiliary tasks; they sit on the shared encoder's last hidden states.
+"""Task heads of the auxiliary tasks.
 
-Both read the full hidden width while pruning (the masked encoder zeroes removed hidden
+The MLM and classification heads sit on the shared encoder's last hidden states: they
+read the full hidden width while pruning (the masked encoder zeroes removed hidden
 dimensions) and are sliced to the kept dimensions by :meth:`AuxHead.compact` once the
-encoder is compacted, so the auxiliary loss can continue in the final fine-tune.
+encoder is compacted, so the auxiliary loss can continue in the final fine-tune. The
+distillation "head" has no weights of its own: it compares the student's own classifier
+with the dense teacher's (:class:`DistillHead`).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForMaskedLM, PretrainedConfig
+from transformers import AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
+
+from spruce.data.tokenization import MODEL_INPUTS
+from spruce.train.distillation import prediction_loss
 
 # Where each family keeps its pre-trained MLM head: (transform dense, LayerNorm, decoder).
 _MLM_HEAD_MODULES = {
@@ -29,7 +37,12 @@ _HEAD_KEY_PREFIXES = ("cls.predictions.", "lm_head.", "vocab_transform.", "gener
 
 
 class AuxHead(nn.Module):
-    """Common interface: ``loss(hidden_states, batch)`` and ``compact(kept)``."""
+    """Common interface: ``batch_loss(model, batch)`` and ``compact(kept)``; a head on the
+    encoder implements ``loss(hidden_states, batch)`` and ``input_layer()``."""
+
+    def batch_loss(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of one auxiliary batch on ``model`` (under the gates in force)."""
+        return self.loss(encode(model, batch), batch)
 
     def loss(self, hidden_states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -93,6 +106,65 @@ class ClassifierHead(AuxHead):
     def loss(self, hidden_states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pooled = torch.tanh(self.dense(hidden_states[:, 0]))
         return nn.functional.cross_entropy(self.out(self.dropout(pooled)), batch["labels"])
+
+
+class DistillHead(AuxHead):
+    """TinyBERT-style distillation on unlabelled text: the temperature-softened KL between
+    the dense teacher's and the student's classifier logits, scaled by T^2.
+
+    The student runs through its own classifier, so this head has no weights and nothing
+    to slice on compaction (the classifier is compacted with the model). The teacher runs
+    frozen, in eval mode and without gradients, and stays dense.
+    """
+
+    def __init__(self, teacher: PreTrainedModel, temperature: float) -> None:
+        super().__init__()
+        # Kept outside the module tree: the teacher is neither trained nor saved with the
+        # auxiliary heads, and must not enter their optimizer, state_dict or compaction.
+        object.__setattr__(self, "teacher", teacher.eval())
+        self.temperature = float(temperature)
+
+    def batch_loss(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = _inputs(model, batch)  # labels, if any, are never read
+        student_logits = model(**inputs).logits
+        teacher = self.teacher
+        if teacher.training:
+            teacher.eval()  # dropout off: the teacher's predictions are the targets
+        device = student_logits.device
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)  # the heads' .to() does not reach it (see __init__)
+        with torch.no_grad():
+            teacher_logits = teacher(**_inputs(teacher, batch)).logits
+        return prediction_loss(student_logits, teacher_logits, self.temperature)
+
+    def compact(self, kept: torch.Tensor) -> DistillHead:
+        return self
+
+
+def encode(model: PreTrainedModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Last hidden states of ``model``'s encoder (its task head is not run)."""
+    base = model.base_model
+    return base(**_inputs(base, batch))[0]
+
+
+def _inputs(module: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model inputs of ``batch`` that ``module.forward`` accepts (no labels)."""
+    accepted = _forward_inputs(type(module))
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS and k in accepted}
+
+
+_SIGNATURES: dict[type, frozenset[str]] = {}
+
+
+def _forward_inputs(cls: type) -> frozenset[str]:
+    if cls not in _SIGNATURES:
+        parameters = inspect.signature(cls.forward).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            # A wrapper that passes everything on (e.g. DistributedDataParallel).
+            _SIGNATURES[cls] = frozenset(MODEL_INPUTS)
+        else:
+            _SIGNATURES[cls] = frozenset(p.name for p in parameters)
+    return _SIGNATURES[cls]
 
 
 def classifier_head(config: PretrainedConfig, num_labels: int) -> ClassifierHead:

@@ -1,7 +1,8 @@
 """The auxiliary part of the training objective: heads, data streams, schedule, tie penalty.
 
 Every target step draws ``aux_ratio`` batches (on average) from each auxiliary task, runs
-them through the shared encoder -- under the task's own gates when it has them -- and
+them through the shared encoder -- under the task's own gates when it has them; for
+``distill`` through the student's own classifier, against the dense teacher's -- and
 adds ``schedule(step) * sum(weight_i * loss_i)`` to the target loss. The pruning phase
 and the final fine-tune call :meth:`AuxiliaryObjective.loss` from their loss functions;
 sequential coupling trains on :meth:`AuxiliaryObjective.first_stage_loss` alone first.
@@ -10,7 +11,6 @@ sequential coupling trains on :meth:`AuxiliaryObjective.first_stage_loss` alone 
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,14 +19,23 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spruce.data import TaskData
-from spruce.data.tokenization import MODEL_INPUTS
+from spruce.errors import SpruceError
 from spruce.masks.gates import EncoderGates
 from spruce.masks.switch import GateSwitch
+from spruce.train.distillation import DistillationConfig
 from spruce.train.distributed import context
 from spruce.train.loop import LossFn
 from spruce.transfer.config import AuxTask, TransferConfig
-from spruce.transfer.data import Stream, labelled_task, mlm_stream, mlm_texts, task_stream
-from spruce.transfer.heads import AuxHead, classifier_head, mlm_head
+from spruce.transfer.data import (
+    Stream,
+    distill_texts,
+    labelled_task,
+    mlm_stream,
+    mlm_texts,
+    task_stream,
+    text_stream,
+)
+from spruce.transfer.heads import AuxHead, DistillHead, classifier_head, mlm_head
 
 
 @dataclass
@@ -67,8 +76,11 @@ class AuxiliaryObjective:
         self.device = device
         return self
 
-    def optimizer(self, learning_rate: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.heads.parameters(), lr=learning_rate)
+    def optimizers(self, learning_rate: float) -> list[torch.optim.Optimizer]:
+        """The heads' optimizer; none when no head has weights (``distill`` trains only
+        the student, whose optimizer the phase already has)."""
+        parameters = list(self.heads.parameters())
+        return [torch.optim.AdamW(parameters, lr=learning_rate)] if parameters else []
 
     def factor(self) -> float:
         return self.schedule.factor(self.phase, self.step, self.total_steps)
@@ -110,8 +122,8 @@ class AuxiliaryObjective:
                 batch = {k: v.to(self.device) for k, v in next(runtime.stream).items()}
                 use_own = switch is not None and runtime.gate_set is not None
                 with switch.using(runtime.gate_set) if use_own else contextlib.nullcontext():
-                    hidden = encode(model, batch)
-                term = runtime.task.weight * runtime.head.loss(hidden, batch) / batches
+                    loss = runtime.head.batch_loss(model, batch)
+                term = runtime.task.weight * loss / batches
                 total = term if total is None else total + term
         assert total is not None
         return total
@@ -183,23 +195,6 @@ def with_auxiliary(base: LossFn, objective: AuxiliaryObjective) -> LossFn:
     return loss_fn
 
 
-def encode(model: PreTrainedModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Last hidden states of ``model``'s encoder (its task head is not run)."""
-    base = model.base_model
-    accepted = _forward_inputs(type(base))
-    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS and k in accepted}
-    return base(**inputs)[0]
-
-
-_SIGNATURES: dict[type, frozenset[str]] = {}
-
-
-def _forward_inputs(cls: type) -> frozenset[str]:
-    if cls not in _SIGNATURES:
-        _SIGNATURES[cls] = frozenset(inspect.signature(cls.forward).parameters)
-    return _SIGNATURES[cls]
-
-
 def build_objective(
     config: TransferConfig,
     target: TaskData,
@@ -209,10 +204,13 @@ def build_objective(
     batch_size: int,
     max_length: int,
     seed: int,
+    teacher: PreTrainedModel | None = None,
+    temperature: float = DistillationConfig.temperature,
 ) -> AuxiliaryObjective:
-    """Heads and data streams for every auxiliary task of ``config``. Under several
-    processes each stream yields this process's shard (as the target's loader does); the
-    heads start alike everywhere (copied weights, or drawn after the same seeding)."""
+    """Heads and data streams for every auxiliary task of ``config``; ``distill`` tasks
+    compare the student with ``teacher`` at ``temperature``. Under several processes each
+    stream yields this process's shard (as the target's loader does); the heads start
+    alike everywhere (copied weights, or drawn after the same seeding)."""
     separate = config.coupling == "tied" or (config.coupling == "joint" and not config.shared_gates)
     batch_size = config.aux_batch_size or batch_size
     shard = {"rank": context().rank, "world_size": context().world_size}
@@ -233,6 +231,13 @@ def build_objective(
                 **shard,
             )
             examples = len(texts)
+        elif task.kind == "distill":
+            if teacher is None:
+                raise no_teacher_error()
+            texts = distill_texts(task, target)
+            head, pretrained = DistillHead(teacher, temperature), False
+            stream = text_stream(texts, tokenizer, batch_size, max_length, stream_seed, **shard)
+            examples = len(texts)
         else:
             data = labelled_task(task, seed)
             head, pretrained = classifier_head(model.config, data.num_labels), False
@@ -249,6 +254,14 @@ def build_objective(
             )
         )
     return AuxiliaryObjective(config, runtimes)
+
+
+def no_teacher_error() -> SpruceError:
+    """What ``--aux distill`` without ``--teacher`` or ``--distill`` reports."""
+    return SpruceError(
+        "--aux distill learns the dense teacher's predictions, and there is no teacher",
+        "add --teacher DIR (a spruce finetune output) or --distill",
+    )
 
 
 class StepsLoader:
