@@ -250,6 +250,24 @@ def test_list_values_and_mapping_axes(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+def test_seed_field_names_what_was_made_for_each_seed(tmp_path: Path) -> None:
+    text = """
+        seeds: [0, 2]
+        base:
+          train: runs/data/sst2-s{seed}.tsv
+          coupling: joint
+        grid:
+          aux: [[mlm], [distill, "mlm:unlabelled-s{seed}.txt"]]
+    """
+    runs = expand(load_grid(write(tmp_path / "g.yaml", text), TABLE))
+    by_id = {run.id: run.options for run in runs}
+    assert by_id["mlm-s2"]["train"] == "runs/data/sst2-s2.tsv"
+    assert by_id["distill+mlm-unlabelled.txt-s0"]["aux"] == [
+        "distill", "mlm:unlabelled-s0.txt"
+    ]  # fmt: skip
+    assert by_id["mlm-s0"]["train"] == "runs/data/sst2-s0.tsv"
+
+
 def test_colliding_slugs_get_a_hash(tmp_path: Path) -> None:
     spec = load_grid(write(tmp_path / "g.yaml", "grid:\n  train: [a/b.tsv, a/b.csv]\n"), TABLE)
     ids = [run.id for run in expand(spec)]

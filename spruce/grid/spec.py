@@ -327,10 +327,27 @@ def expand(spec: GridSpec) -> list[Run]:
             slug = f"{slug}-{digest.hexdigest()[:6]}"
         ids.append(slug)
     return [
-        Run(id=f"{slug}-s{seed}", seed=seed, options=canonical, axes=axes)
+        Run(id=f"{slug}-s{seed}", seed=seed, options=with_seed(canonical, seed), axes=axes)
         for seed in spec.seeds
         for slug, (canonical, axes) in zip(ids, settings, strict=True)
     ]
+
+
+SEED_FIELD = "{seed}"
+
+
+def with_seed(options: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``{seed}`` in a text value becomes the run's seed, so that a run can name what was
+    made for its seed, e.g. ``teacher: runs/teachers/sst2-s{seed}``."""
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace(SEED_FIELD, str(seed))
+        if isinstance(value, list):
+            return [fill(item) for item in value]
+        return value
+
+    return {name: fill(value) for name, value in options.items()}
 
 
 def _slug(axes: dict[str, Any]) -> str:
@@ -348,7 +365,8 @@ def _slug(axes: dict[str, Any]) -> str:
 
 
 def _value_slug(value: Scalar) -> str:
-    text = str(value)
+    # The run id ends in -sSEED already.
+    text = re.sub(r"[-_.]?s?\{seed\}", "", str(value))
     prefix, sep, rest = text.partition(":")
     if sep and "/" not in prefix and ("/" in rest or "." in rest):
         return f"{prefix}-{_value_slug(rest)}"
