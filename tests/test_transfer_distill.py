@@ -181,10 +181,10 @@ def test_a_misshapen_distill_file_fails_before_the_teacher_trains(tiny_models, t
     assert not out.exists() and not checkpoint_dir(out).exists()
 
 
-def _pruned_student(task, teacher_dir: Path, model_dir: Path, distill: bool):
+def _pruned_student(task, teacher_dir: Path, model_dir: Path, distill: bool, seed: int):
     """A raw student (fresh classifier) pruned to 50% in 20 steps on the labelled
     examples alone, or jointly with ``--aux distill`` on the unlabelled rest."""
-    seed_everything(0)
+    seed_everything(seed)
     teacher, _ = load_saved_classifier(str(teacher_dir))
     model, tokenizer, source = load_classifier(str(model_dir), task.label_names)
     train = TrainConfig(learning_rate=1e-2, batch_size=16, epochs=1)
@@ -208,17 +208,23 @@ def _pruned_student(task, teacher_dir: Path, model_dir: Path, distill: bool):
 def test_joint_distill_brings_the_student_closer_to_the_teacher(tiny_models, data, teacher):
     """16 labelled examples, same seed and steps: a student pruned on them alone drifts
     from the teacher on held-out text (the test file, unseen by both); with the teacher's
-    predictions on the 144 unlabelled texts as well it stays clearly closer (KL at T=1;
-    over seeds 0-7 the ratio was 0.28-0.58)."""
+    predictions on the 144 unlabelled texts as well it stays closer (KL at T=1). One seed
+    is noisy on a tiny model (ratios of 0.28-0.85 were seen over seeds and with 1-3
+    threads; means over seeds 0-2 of 0.58-0.72), so three seeds are pooled."""
     task = load_task(TaskDataConfig(train=str(data["train"]), max_train_samples=16))
     held_out = [line.split("\t")[0] for line in data["test"].read_text().splitlines()[1:]]
-    kl = {}
-    for distill in (False, True):
-        student, dense, tokenizer = _pruned_student(task, teacher, tiny_models["bert"], distill)
-        batch = _batch(tokenizer, held_out)
-        with torch.no_grad():
-            kl[distill] = float(prediction_loss(student(**batch).logits, dense(**batch).logits, 1))
-    assert kl[True] < 0.8 * kl[False], kl
+    kl = {False: [], True: []}
+    for seed in (0, 1, 2):
+        for distill in (False, True):
+            student, dense, tokenizer = _pruned_student(
+                task, teacher, tiny_models["bert"], distill, seed
+            )
+            batch = _batch(tokenizer, held_out)
+            with torch.no_grad():
+                logits = student(**batch).logits, dense(**batch).logits
+                kl[distill].append(float(prediction_loss(*logits, 1)))
+    ratios = [with_aux / alone for with_aux, alone in zip(kl[True], kl[False], strict=True)]
+    assert sum(ratios) / len(ratios) < 0.85 and max(ratios) < 1.0, kl
 
 
 def test_joint_distill_with_a_score_based_method_and_its_report(
