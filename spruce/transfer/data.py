@@ -299,19 +299,6 @@ def labelled_task(task: AuxTask, seed: int) -> TaskData:
     )
 
 
-def task_stream(
-    data: TaskData,
-    tokenizer: PreTrainedTokenizerBase,
-    batch_size: int,
-    max_length: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Stream:
-    """Labelled batches of ``data.train``; with ``world_size > 1`` process ``rank``'s shard."""
-    return text_stream(data.train, tokenizer, batch_size, max_length, seed, rank, world_size)
-
-
 def text_stream(
     texts: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,

@@ -32,7 +32,6 @@ from spruce.transfer.data import (
     labelled_task,
     mlm_stream,
     mlm_texts,
-    task_stream,
     text_stream,
 )
 from spruce.transfer.heads import AuxHead, DistillHead, classifier_head, mlm_head
@@ -241,7 +240,9 @@ def build_objective(
         else:
             data = labelled_task(task, seed)
             head, pretrained = classifier_head(model.config, data.num_labels), False
-            stream = task_stream(data, tokenizer, batch_size, max_length, stream_seed, **shard)
+            stream = text_stream(
+                data.train, tokenizer, batch_size, max_length, stream_seed, **shard
+            )
             examples = len(data.train)
         runtimes.append(
             AuxRuntime(
