@@ -92,32 +92,105 @@ def execute(command: list[str], done: Path) -> None:
     subprocess.run(command, check=True, cwd=REPO)
 
 
-def table(grid: str, root: Path) -> str:
-    lines = ["| run | accuracy | encoder sparsity | params | FLOPs speed-up | hidden "
-             "| heads per layer | FFN per layer |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]  # fmt: skip
+def table(grid: str, root: Path, latency: dict[str, dict] | None = None) -> str:
+    """Markdown: one row per run; the seed grid adds mean +- std, the sparsity grid a pivot.
+
+    ``latency`` maps run names to rows of ``bench/latency_shapes.py --json``: the measured
+    batch-32 speed-up of each run's shape, timed alone after the sweep.
+    """
+    latency = latency or {}
+    lines = ["| run | accuracy | encoder sparsity | params | FLOPs speed-up | measured b32 "
+             "speed-up | b32 / FLOPs | hidden | heads per layer | FFN per layer |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]  # fmt: skip
     groups: dict[tuple, list[float]] = {}
     for run in runs(grid):
         path = root / run[0] / "report.json"
         if not path.exists():
-            lines.append(f"| {run[0]} | (not run yet) | | | | | | |")
+            lines.append(f"| {run[0]} | (not run yet) | | | | | | | | |")
             continue
         r = json.loads(path.read_text())
         groups.setdefault(run[1:4], []).append(r["metrics"]["accuracy"])
         layers = r["structure"]["layers"]
+        timed = latency.get(run[0])
+        measured = (f"{timed['b32_speedup']:.2f}x | {timed['ratio_b32']:.2f}" if timed
+                    else "(not timed) | ")  # fmt: skip
         lines.append(
             f"| {run[0]} | {r['metrics']['accuracy']:.4f} | {r['sparsity']['encoder']:.3f} | "
-            f"{r['params']['total']:,} | {r['flops']['speedup']:.2f}x | "
+            f"{r['params']['total']:,} | {r['flops']['speedup']:.2f}x | {measured} | "
             f"{r['structure']['hidden']} | {' '.join(str(x['heads']) for x in layers)} | "
             f"{' '.join(str(x['ffn']) for x in layers)} |"
         )
-    if grid != "sparsity":
+    if grid == "sparsity":
+        lines += ["", *pivot(groups, root)]
+    else:
         lines += ["", "| task / variant | accuracy mean +- std (n) |", "| --- | ---: |"]
         for (task, variant, _), values in groups.items():
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             lines.append(f"| {task} {variant} | {statistics.mean(values):.4f} +- {spread:.4f}"
                          f" ({len(values)}) |")  # fmt: skip
     return "\n".join(lines)
+
+
+def dense_accuracy(task: str, seed: int, root: Path) -> float | None:
+    """Accuracy of the dense fine-tuned teacher, the reference every pruned run is read against."""
+    path = root / "teachers" / f"{task}-s{seed}" / "report.json"
+    return json.loads(path.read_text())["metrics"]["accuracy"] if path.exists() else None
+
+
+def pivot(groups: dict[tuple, list[float]], root: Path) -> list[str]:
+    """Accuracy by variant (rows) and sparsity (columns), with the dense model beside them."""
+    sparsities = sorted({sparsity for _, _, sparsity in groups})
+    dense = dense_accuracy("sst2", 0, root)
+    lines = ["| variant | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+             "| --- |" + " ---: |" * len(sparsities)]  # fmt: skip
+    for variant in VARIANTS:
+        cells = [groups.get(("sst2", variant, s)) for s in sparsities]
+        lines.append(f"| {variant} | " + " | ".join(
+            f"{c[0]:.4f}" if c else "" for c in cells) + " |")  # fmt: skip
+    if dense is not None:
+        lines.append("| dense fine-tuned (0%) | " + " | ".join(
+            f"{dense:.4f}" for _ in sparsities) + " |")  # fmt: skip
+    return lines
+
+
+def plot(root: Path, latency: dict[str, dict], out: Path) -> None:
+    """Accuracy against sparsity per variant, and measured against FLOPs speed-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for variant in VARIANTS:
+        points = []
+        for name, _, _, sparsity, _ in runs("sparsity"):
+            path = root / name / "report.json"
+            if name.startswith(f"sst2-{variant}-") and path.exists():
+                points.append((sparsity, json.loads(path.read_text())["metrics"]["accuracy"]))
+        if points:
+            left.plot(*zip(*sorted(points), strict=True), marker="o", label=variant)
+    dense = dense_accuracy("sst2", 0, root)
+    if dense is not None:
+        left.axhline(dense, color="grey", linestyle="--", label="dense fine-tuned")
+    left.set(xlabel="encoder sparsity", ylabel="SST-2 test accuracy",
+             title="1,000 labelled examples, seed 0")  # fmt: skip
+    left.legend()
+    timed = [(row["flops_speedup"], row["b32_speedup"]) for name, row in latency.items()
+             if (root / name / "report.json").exists()]  # fmt: skip
+    if timed:
+        flops, measured = zip(*timed, strict=True)
+        top = max(flops) * 1.05
+        right.scatter(flops, measured, label="pruned runs")
+        right.plot([1, top], [1, top], color="grey", linestyle="--", label="= FLOPs speed-up")
+        right.plot([1, top], [0.7, 0.7 * top], color="red", linestyle=":",
+                   label="0.7 x FLOPs speed-up (target)")  # fmt: skip
+        right.set(xlabel="FLOPs speed-up", ylabel="measured speed-up, batch 32, 128 tokens",
+                  title="CPU, 2 threads")  # fmt: skip
+        right.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def shard(text: str) -> tuple[int, int]:
@@ -132,6 +205,12 @@ def main() -> None:
     parser.add_argument("--grid", choices=("sparsity", "seeds", "all"), required=True)
     parser.add_argument("--root", type=Path, default=Path("runs/bench/prune"))
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument(
+        "--latency",
+        type=Path,
+        help="rows of 'bench/latency_shapes.py --size-multiple 1 --json' to add to the table",
+    )
+    parser.add_argument("--plot", type=Path, help="also write accuracy and speed-up plots here")
     parser.add_argument(
         "--shard",
         type=shard,
@@ -150,7 +229,12 @@ def main() -> None:
                 teacher = args.root / "teachers" / f"{run[1]}-s{run[4]}"
                 execute(teacher_command(run[1], run[4], args.root), teacher / "report.json")
             execute(prune_command(run, args.root), args.root / run[0] / "report.json")
-    print(table(args.grid, args.root))
+    latency = {}
+    if args.latency:
+        latency = {row["structure"]: row for row in json.loads(args.latency.read_text())["rows"]}
+    print(table(args.grid, args.root, latency))
+    if args.plot:
+        plot(args.root, latency, args.plot)
 
 
 if __name__ == "__main__":
