@@ -107,7 +107,6 @@ def main() -> None:
           "| dense b32 ms |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = []
-    dense_seen = []
     multiples = sorted({1, args.size_multiple})
     for name, structure in structures.items():
         for multiple in multiples:
@@ -117,7 +116,6 @@ def main() -> None:
             # drifts by 10-15% over minutes, which a single dense timing would put into
             # every ratio.
             dense_ms = {b: timed(dense_model, b) for b in (1, 32)}
-            dense_seen.append(dense_ms)
             b1, b32 = (dense_ms[b] / timed(model, b) for b in (1, 32))
             label = name if multiple == 1 else f"{name}, widths x{multiple}"
             rows.append(
@@ -139,7 +137,7 @@ def main() -> None:
                 flush=True,
             )
     if args.json:
-        args.json.write_text(json.dumps({"dense_ms": dense_seen, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -95,8 +95,8 @@ def execute(command: list[str], done: Path) -> None:
 def table(grid: str, root: Path, latency: dict[str, dict] | None = None) -> str:
     """Markdown: one row per run; the seed grid adds mean +- std, the sparsity grid a pivot.
 
-    ``latency`` maps run names to rows of ``bench/latency_shapes.py --json``: the measured
-    batch-32 speed-up of each run's shape, timed alone after the sweep.
+    ``latency`` (from :func:`median_latency`) maps run names to the measured batch-32
+    speed-up of each run's shape, timed alone after the sweep.
     """
     latency = latency or {}
     lines = ["| run | accuracy | encoder sparsity | params | FLOPs speed-up | measured b32 "
@@ -114,7 +114,7 @@ def table(grid: str, root: Path, latency: dict[str, dict] | None = None) -> str:
         timed = latency.get(run[0])
         measured = "(not timed) | "
         if timed:
-            spread = timed.get("ratios_b32", [timed["ratio_b32"]])
+            spread = timed["ratios_b32"]
             measured = f"{timed['b32_speedup']:.2f}x | {timed['ratio_b32']:.2f}"
             if len(spread) > 1:
                 measured += f" ({min(spread):.2f}-{max(spread):.2f})"
