@@ -8,9 +8,13 @@ the dense default model at batch 1 and 32, sequence length 128, on the same inpu
 dense model is timed again beside each structure, so the ratio compares neighbours.
 ``--size-multiple`` also times each structure with its FFN widths and hidden size rounded
 to that multiple (the default of ``spruce prune``), to show what the rounding buys.
+``--compile`` times both models under ``torch.compile`` (inductor, static shapes) instead
+of eager PyTorch: the compiled graph fuses the LayerNorms, residual adds and activations
+that FLOPs do not count, which matter most for the smallest shapes.
 
     python bench/latency_shapes.py runs/bench/prune/*/report.json --size-multiple 8
     python bench/latency_shapes.py --uniform 0.6 0.8 0.9 0.95
+    python bench/latency_shapes.py runs/bench/prune/*-95-s0/report.json --compile
 
 Run it alone: a second busy process on the machine ruins every timing.
 """
@@ -84,6 +88,7 @@ def main() -> None:
     parser.add_argument("--size-multiple", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="time torch.compile'd models")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -98,8 +103,17 @@ def main() -> None:
     )
 
     def timed(model, batch_size: int) -> float:
+        if args.compile:
+            # A fresh compilation per timing: dynamo's per-class cache would otherwise fill
+            # up after a few shapes and silently fall back to eager.
+            torch._dynamo.reset()
         return measure_latency(
-            model, batch_size=batch_size, seq_len=128, threads=args.threads, repeats=args.repeats
+            model,
+            batch_size=batch_size,
+            seq_len=128,
+            threads=args.threads,
+            repeats=args.repeats,
+            compiled=args.compile,
         )["median_ms"]
 
     dense_flops = model_flops(dense_shape, 128, 2)
@@ -137,7 +151,7 @@ def main() -> None:
                 flush=True,
             )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"compiled": args.compile, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -204,6 +204,12 @@ def median_latency(paths: list[Path]) -> dict[str, dict]:
     the docs quote the median of several.
     """
     sessions: dict[str, list[dict]] = {}
+    modes = {path: json.loads(path.read_text()).get("compiled", False) for path in paths}
+    if len(set(modes.values())) > 1:
+        sys.exit(
+            "--latency mixes eager and --compile timings; combine each kind separately: "
+            + ", ".join(f"{path} ({'compiled' if c else 'eager'})" for path, c in modes.items())
+        )
     for path in paths:
         for row in json.loads(path.read_text())["rows"]:
             sessions.setdefault(row["structure"], []).append(row)

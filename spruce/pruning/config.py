@@ -7,6 +7,7 @@ from typing import Any
 
 from spruce.errors import SpruceError
 from spruce.masks.units import UNIT_TYPES
+from spruce.report.latency import compiler_available
 from spruce.train.distillation import DistillationConfig
 from spruce.utils.fields import checked_fields
 
@@ -44,6 +45,8 @@ class PruneConfig:
     export_onnx: bool = True
     measure_latency: bool = True
     latency_repeats: int = 10
+    # Time both models under torch.compile, as a compiled deployment would run them.
+    latency_compile: bool = False
 
     def validate(self) -> PruneConfig:
         if self.method not in METHODS:
@@ -79,6 +82,16 @@ class PruneConfig:
         if self.prune_rounds < 1 or self.latency_repeats < 1 or self.size_multiple < 1:
             raise SpruceError(
                 "--prune-rounds, --latency-repeats and --size-multiple must be at least 1"
+            )
+        if self.latency_compile and not self.measure_latency:
+            raise SpruceError(
+                "--latency-compile and --no-latency contradict each other", "drop one of them"
+            )
+        if self.latency_compile and not compiler_available():
+            # Checked before training: the measurement comes after the run's last phase.
+            raise SpruceError(
+                "--latency-compile needs a C++ compiler (torch.compile builds CPU kernels)",
+                "install g++ (apt-get install g++) or drop --latency-compile",
             )
         if self.distill and self.teacher:
             raise SpruceError(

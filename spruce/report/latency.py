@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -82,12 +83,16 @@ def measure_latency(
     repeats: int = 10,
     vocab_size: int | None = None,
     seed: int = 0,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Time ``model(input_ids=..., attention_mask=...[, token_type_ids=...])``.
 
     Runs in eval mode under ``torch.inference_mode()``; ``threads`` sets
     ``torch.set_num_threads`` for the measurement only (the previous value and the model's
     training mode are restored). ``vocab_size`` defaults to ``model.config.vocab_size``.
+    ``compiled`` times ``torch.compile(model, dynamic=False)`` instead (inductor; needs a
+    C++ compiler on CPU): compilation happens in an untimed first call, so the result is
+    the steady-state latency of a compiled deployment, not of eager PyTorch.
     Returns ``median_ms``, ``p10_ms``, ``p90_ms`` over ``repeats`` timed calls, and the
     settings used.
     """
@@ -123,12 +128,33 @@ def measure_latency(
             torch.set_num_threads(threads)
         used_threads = torch.get_num_threads()
         model.eval()
+        runner = _compile(model) if compiled else model
         with torch.inference_mode():
-            times = _time(lambda: model(**inputs), warmup, repeats, sync)
+            if compiled:
+                runner(**inputs)  # compiles for these shapes; far slower than any timed call
+            times = _time(lambda: runner(**inputs), warmup, repeats, sync)
     finally:
         torch.set_num_threads(previous_threads)
         model.train(was_training)
-    return _summary(times, threads=used_threads, batch_size=batch_size, seq_len=seq_len)
+    return _summary(
+        times, threads=used_threads, batch_size=batch_size, seq_len=seq_len, compiled=compiled
+    )
+
+
+def compiler_available() -> bool:
+    """Whether ``torch.compile`` can build CPU kernels here (inductor calls a C++ compiler)."""
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+def _compile(model: nn.Module) -> Callable[..., Any]:
+    """``torch.compile`` with static shapes, or a one-line error naming the missing piece."""
+    if next(model.parameters()).device.type == "cpu" and not compiler_available():
+        raise SpruceError(
+            "timing a compiled model on CPU needs a C++ compiler, and none is on PATH",
+            "install g++ (apt-get install g++) or time without compile",
+        )
+    # fullgraph: a graph break would time a half-eager model under the "compiled" label.
+    return torch.compile(model, dynamic=False, fullgraph=True)
 
 
 def measure_latency_table(
@@ -139,7 +165,7 @@ def measure_latency_table(
 ) -> dict[str, Any]:
     """Median latency (ms) of each named model per batch size, for the report:
     ``{"batch_1": {"dense": ms, "pruned": ms}, "batch_32": {...}, "seq_len": 128,
-    "threads": n}``. ``options`` go to :func:`measure_latency`."""
+    "threads": n, "compiled": bool}``. ``options`` go to :func:`measure_latency`."""
     table: dict[str, Any] = {}
     threads = None
     for batch_size in batch_sizes:
@@ -151,6 +177,7 @@ def measure_latency_table(
         table[f"batch_{batch_size}"] = row
     table["seq_len"] = seq_len
     table["threads"] = threads
+    table["compiled"] = bool(options.get("compiled", False))
     return table
 
 
