@@ -204,14 +204,15 @@ def median_latency(paths: list[Path]) -> dict[str, dict]:
     the docs quote the median of several.
     """
     sessions: dict[str, list[dict]] = {}
-    modes = {path: json.loads(path.read_text()).get("compiled", False) for path in paths}
+    loaded = {path: json.loads(path.read_text()) for path in paths}
+    modes = {path: data.get("compiled", False) for path, data in loaded.items()}
     if len(set(modes.values())) > 1:
         sys.exit(
             "--latency mixes eager and --compile timings; combine each kind separately: "
             + ", ".join(f"{path} ({'compiled' if c else 'eager'})" for path, c in modes.items())
         )
-    for path in paths:
-        for row in json.loads(path.read_text())["rows"]:
+    for data in loaded.values():
+        for row in data["rows"]:
             sessions.setdefault(row["structure"], []).append(row)
     return {
         name: {
