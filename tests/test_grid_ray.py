@@ -23,7 +23,7 @@ from tqdm import tqdm
 from spruce.errors import SpruceError
 from spruce.grid import expand, load_grid, ray_backend, run_grid, summarize
 from spruce.grid import runner as grid_runner
-from spruce.grid.process import execute
+from spruce.grid.process import execute, stop
 from spruce.grid.ray_backend import _check_capacity, _result
 from spruce.grid.runner import GridOutcome, record
 
@@ -120,6 +120,86 @@ def test_execute_runs_in_the_driver_folder_with_this_python(
     assert header.startswith(f"$ {sys.executable} -c ")  # the command as it ran here
     # A run that reserved no GPU sees none.
     assert line == f"{tmp_path} {sys.executable} 3 {visible}"
+
+
+SAVES_ON_SIGTERM = textwrap.dedent("""
+    import pathlib, signal, sys, time
+    state = pathlib.Path(sys.argv[1])
+    def stopped(*_):
+        time.sleep(0.5)  # a checkpoint being written
+        (state / "saved").write_text("")
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, stopped)
+    (state / "started").write_text("")
+    time.sleep(120)
+""")
+
+
+def test_a_stop_request_stops_the_running_run_after_its_save(tmp_path: Path) -> None:
+    """The driver's stop-request file ends the run as Ctrl-C does, and execute returns
+    only once the run has saved and exited (not on ray.cancel reaching the task)."""
+    import threading
+
+    request = tmp_path / "a.stop"
+    argv = [sys.executable, "-c", SAVES_ON_SIGTERM, str(tmp_path)]
+
+    def request_once_started() -> None:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        request.touch()
+
+    asker = threading.Thread(target=request_once_started)
+    asker.start()
+    code, wall, _, error = execute(
+        argv, str(tmp_path / "a.log"), str(tmp_path), 1, 0, "python", str(request)
+    )
+    asker.join()
+    assert (code, error) == (143, "") and wall < 60
+    assert (tmp_path / "saved").exists()
+
+
+def test_a_stop_request_made_before_the_task_starts_runs_nothing(tmp_path: Path) -> None:
+    request = tmp_path / "a.stop"
+    request.touch()
+    argv = [sys.executable, "-c", SAVES_ON_SIGTERM, str(tmp_path)]
+    code, _, _, error = execute(
+        argv, str(tmp_path / "a.log"), str(tmp_path), 1, 0, "python", str(request)
+    )
+    assert code is None and "before it started" in error
+    assert not (tmp_path / "started").exists() and not (tmp_path / "a.log").exists()
+
+
+def test_stop_waits_for_the_save_through_a_second_interrupt() -> None:
+    """Ray repeats a cancellation (a KeyboardInterrupt each time) and users press Ctrl-C
+    twice: neither may leave the run saving after its caller has gone."""
+
+    class Run:
+        def __init__(self) -> None:
+            self.signals: list[str] = []
+            self.waits = 0
+
+        def poll(self):
+            return None if not self.waits > 1 else 143
+
+        def terminate(self) -> None:
+            self.signals.append("TERM")
+
+        def kill(self) -> None:
+            self.signals.append("KILL")
+
+        def wait(self, timeout=None):
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt
+            return 143
+
+    runs = [Run(), Run()]
+    with pytest.raises(KeyboardInterrupt):
+        stop(runs)  # type: ignore[arg-type]
+    # Each was signalled once (a second SIGTERM cuts a save short) and waited for to the end.
+    assert [r.signals for r in runs] == [["TERM"], ["TERM"]]
+    assert [r.waits for r in runs] == [2, 2]
 
 
 def test_a_task_that_dies_is_a_failed_run_without_exit_code(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
     BertConfig,
@@ -53,8 +54,17 @@ BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SIZES = {"hidden": 32, "layers": 2, "heads": 4, "ffn": 64}
 
 
-def make_tiny_model(directory: Path, family: str = "bert") -> Path:
-    """Save a random ``family`` encoder (bert, roberta, distilbert) and its tokenizer."""
+def make_tiny_model(directory: Path, family: str = "bert", seed: int = 0) -> Path:
+    """Save a random ``family`` encoder (bert, roberta, distilbert) and its tokenizer.
+
+    The weights come from ``seed``, not from the global generator, whose state depends on
+    which tests ran before: a test's outcome must not depend on the order of the suite."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _make_tiny_model(directory, family)
+
+
+def _make_tiny_model(directory: Path, family: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if family in ("bert", "distilbert"):
         letters = "abcdefghijklmnopqrstuvwxyz"

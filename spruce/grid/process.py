@@ -42,26 +42,50 @@ def stop(processes: Sequence[subprocess.Popen]) -> None:
     """SIGTERM, which makes ``spruce prune`` save a checkpoint first (the next invocation
     continues from it: the grid adds --resume); SIGKILL if that takes longer than
     ``STOP_S``. All are signalled before any is waited for, so that they save together;
-    each is signalled once, as a second SIGTERM would cut its save short."""
+    each is signalled once, as a second SIGTERM would cut its save short.
+
+    A KeyboardInterrupt while waiting (a second Ctrl-C, or Ray repeating a cancellation)
+    does not cut the wait short: the run would be left saving, or running, after its
+    caller has gone; it is raised once every process has ended."""
     for process in processes:
         if process.poll() is None:
             process.terminate()
+    deadline = time.monotonic() + STOP_S
+    interrupted = False
     for process in processes:
-        try:
-            process.wait(timeout=STOP_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        while True:
+            try:
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    process.wait(timeout=remaining)
+                else:
+                    process.kill()
+                    process.wait()
+                break
+            except subprocess.TimeoutExpired:
+                continue  # past the deadline: the next pass kills it
+            except KeyboardInterrupt:
+                interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def execute(
-    argv: list[str], log: str, cwd: str, threads: int, gpus: float, driver_python: str
+    argv: list[str],
+    log: str,
+    cwd: str,
+    threads: int,
+    gpus: float,
+    driver_python: str,
+    stop_request: str | None = None,
 ) -> Result:
     """Run one grid run on this machine to its end, in ``cwd``, output to ``log``.
 
     The body of a Ray task (:mod:`spruce.grid.ray_backend`) that reserved ``threads``
     CPUs and ``gpus`` GPUs: ``argv`` was built on the driver, whose Python is
-    ``driver_python``."""
+    ``driver_python``. Once the file ``stop_request`` exists the run is stopped as on
+    Ctrl-C (or not started): the driver's way to stop it that does not depend on
+    ``ray.cancel`` reaching a running task, which it does not always do."""
     node = socket.gethostname()
     if argv and argv[0] == driver_python:
         # The driver's interpreter path need not exist here; this Python has spruce (it
@@ -75,6 +99,9 @@ def execute(
         if not folder.is_dir():
             fix = "run spruce grid in, and keep --out on, a filesystem every Ray node shares"
             return None, 0.0, node, f"{what}, {folder}, does not exist on {node}; {fix}"
+    requested = Path(stop_request) if stop_request else None
+    if requested is not None and requested.exists():
+        return None, 0.0, node, "stopped by spruce grid before it started"
     env = run_environment(threads)  # with the CUDA_VISIBLE_DEVICES Ray set for `gpus`
     if not gpus:
         # Ray no longer hides the GPUs from a task that reserved none (ray-project/ray
@@ -95,6 +122,10 @@ def execute(
             # Not one blocking wait(): ray.cancel raises its exception asynchronously, in
             # between Python bytecodes, which a single waitpid() never returns to.
             while (code := process.poll()) is None:
+                if requested is not None and requested.exists():
+                    stop([process])
+                    code = process.returncode
+                    break
                 time.sleep(POLL_S)
         except BaseException:
             # ray.cancel raises KeyboardInterrupt here: stop the run as the local

@@ -100,10 +100,12 @@ def run_grid_ray(
                 while queue and (jobs is None or len(in_flight) < jobs):
                     run = queue.popleft()
                     run.failure(out).unlink(missing_ok=True)
+                    run.stop_request(out).unlink(missing_ok=True)
                     argv = build(spec, run, run.directory(out))
                     log = str(run.log(out))
                     gpus = spec.gpus_per_run
-                    ref = task.remote(argv, log, cwd, spec.threads, gpus, sys.executable)
+                    stop_file = str(run.stop_request(out))
+                    ref = task.remote(argv, log, cwd, spec.threads, gpus, sys.executable, stop_file)
                     in_flight[ref] = (run, time.perf_counter())
                 # A timeout, so that Ctrl-C is noticed while every run is still going.
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S * 5)
@@ -112,7 +114,7 @@ def run_grid_ray(
                     code, wall, node, error = _result(ray, ref, submitted)
                     record(spec, run, code, wall, out, outcome, bar, where=node, error=error)
         except BaseException:
-            _cancel(ray, list(in_flight))
+            _cancel(ray, {ref: run for ref, (run, _) in in_flight.items()}, out)
             raise
         finally:
             bar.close()
@@ -182,10 +184,22 @@ def _result(ray: ModuleType, ref: Any, submitted: float) -> Result:
         return None, time.perf_counter() - submitted, "", f"the Ray task failed: {line}"
 
 
-def _cancel(ray: ModuleType, refs: list[Any]) -> None:
-    """Cancel queued and running tasks; running ones stop their run (SIGTERM, which saves
-    a checkpoint) before they end, so wait for that before Ray may be shut down."""
-    for ref in refs:
+def _cancel(ray: ModuleType, in_flight: dict[Any, Run], out: Path) -> None:
+    """Stop the runs still queued or running, and wait until the running ones have ended
+    (SIGTERM, which saves a checkpoint) before Ray may be shut down.
+
+    Each run's stop-request file is the channel that always arrives: ``ray.cancel`` of a
+    running task sometimes never raises in it (so the driver would wait for nothing and
+    shut Ray down under a run that is still computing). The cancel still goes out, so
+    that queued tasks are dropped without waiting for a free CPU."""
+    if not in_flight:
+        return
+    for run in in_flight.values():
+        run.stop_request(out).touch()
+    for ref in in_flight:
         ray.cancel(ref)
-    if refs:
-        ray.wait(refs, num_returns=len(refs), timeout=STOP_S + 10)
+    ended, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=STOP_S + 10)
+    # A task that has not ended keeps its request, in case it starts after all; the next
+    # submission of the run removes it.
+    for ref in ended:
+        in_flight[ref].stop_request(out).unlink(missing_ok=True)

@@ -113,6 +113,10 @@ class Run:
     def failure(self, out: Path) -> Path:
         return Path(out) / "runs" / f"{self.id}.failed.json"
 
+    def stop_request(self, out: Path) -> Path:
+        """The file by which a Ray driver asks the worker running this run to stop it."""
+        return Path(out) / "runs" / f"{self.id}.stop"
+
 
 @contextlib.contextmanager
 def _in_file(path: Path) -> Iterator[None]:
