@@ -8,13 +8,18 @@ the dense default model at batch 1 and 32, sequence length 128, on the same inpu
 dense model is timed again beside each structure, so the ratio compares neighbours.
 ``--size-multiple`` also times each structure with its FFN widths and hidden size rounded
 to that multiple (the default of ``spruce prune``), to show what the rounding buys.
-``--compile`` times both models under ``torch.compile`` (inductor, static shapes) instead
-of eager PyTorch: the compiled graph fuses the LayerNorms, residual adds and activations
-that FLOPs do not count, which matter most for the smallest shapes.
+``--runtime compiled`` (or ``--compile``) times both models under ``torch.compile``
+(inductor, static shapes) instead of eager PyTorch: the compiled graph fuses the
+LayerNorms, residual adds and activations that FLOPs do not count, which matter most for
+the smallest shapes. ``--runtime best`` times every model both ways, back to back, and
+takes each model's faster runtime (what a deployment that benchmarks both would ship);
+its rows also keep the eager and the compiled ratio, so one session compares all three.
 
     python bench/latency_shapes.py runs/bench/prune/*/report.json --size-multiple 8
     python bench/latency_shapes.py --uniform 0.6 0.8 0.9 0.95
     python bench/latency_shapes.py runs/bench/prune/*-95-s0/report.json --compile
+    python bench/latency_shapes.py runs/bench/prune/*-95-s0/report.json --runtime best \
+        --batch-sizes 32
 
 Run it alone: a second busy process on the machine ruins every timing.
 """
@@ -88,9 +93,17 @@ def main() -> None:
     parser.add_argument("--size-multiple", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--compile", action="store_true", help="time torch.compile'd models")
+    parser.add_argument(
+        "--runtime", choices=("eager", "compiled", "best"), default="eager", help="see above"
+    )
+    parser.add_argument("--compile", action="store_true", help="the same as --runtime compiled")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
+    if args.compile:
+        args.runtime = "compiled"
+    if 32 not in args.batch_sizes:
+        parser.error("--batch-sizes must include 32: the ratio is taken at batch 32")
 
     dense_model, _, _ = load_classifier("minilm-l6", ["negative", "positive"])
     dense_model.eval()
@@ -102,8 +115,8 @@ def main() -> None:
         {f"uniform-{int(s * 100)}": uniform_structure(dense_shape, s) for s in args.uniform}
     )
 
-    def timed(model, batch_size: int) -> float:
-        if args.compile:
+    def timed(model, batch_size: int, compiled: bool) -> float:
+        if compiled:
             # A fresh compilation per timing: dynamo's per-class cache would otherwise fill
             # up after a few shapes and silently fall back to eager.
             torch._dynamo.reset()
@@ -113,45 +126,80 @@ def main() -> None:
             seq_len=128,
             threads=args.threads,
             repeats=args.repeats,
-            compiled=args.compile,
+            compiled=compiled,
         )["median_ms"]
 
+    runtimes = ["eager", "compiled"] if args.runtime == "best" else [args.runtime]
+
+    def speedups(model) -> dict[str, dict]:
+        """Per runtime (and the best of them): dense and pruned ms and speed-up per batch.
+        The dense model is timed again next to every structure: this machine's speed
+        drifts by 10-15% over minutes, which a single dense timing would put into every
+        ratio."""
+        out: dict[str, dict] = {}
+        for runtime in runtimes:
+            compiled = runtime == "compiled"
+            dense_ms = {b: timed(dense_model, b, compiled) for b in args.batch_sizes}
+            pruned_ms = {b: timed(model, b, compiled) for b in args.batch_sizes}
+            out[runtime] = {"dense_ms": dense_ms, "pruned_ms": pruned_ms}
+        if args.runtime == "best":
+            out["best"] = {
+                kind: {b: min(out[r][kind][b] for r in runtimes) for b in args.batch_sizes}
+                for kind in ("dense_ms", "pruned_ms")
+            }
+        for timing in out.values():
+            timing["speedup"] = {
+                b: timing["dense_ms"][b] / timing["pruned_ms"][b] for b in args.batch_sizes
+            }
+        return out
+
     dense_flops = model_flops(dense_shape, 128, 2)
-    print("| structure | hidden | FLOPs speed-up | b1 speed-up | b32 speed-up | b32 / FLOPs "
-          "| dense b32 ms |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    extra = " | eager b32 / FLOPs | compiled b32 / FLOPs" if args.runtime == "best" else ""
+    header = "| structure | hidden | FLOPs speed-up | b1 speed-up | b32 speed-up | b32 / FLOPs"
+    print(f"{header}{extra} | dense b32 ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * (extra.count("|") + 1))
     rows = []
     multiples = sorted({1, args.size_multiple})
     for name, structure in structures.items():
         for multiple in multiples:
             model, shape = compact_like(dense_model.config, structure, multiple)
             flops_speedup = dense_flops / model_flops(shape, 128, 2)
-            # The dense model is timed again next to every structure: this machine's speed
-            # drifts by 10-15% over minutes, which a single dense timing would put into
-            # every ratio.
-            dense_ms = {b: timed(dense_model, b) for b in (1, 32)}
-            b1, b32 = (dense_ms[b] / timed(model, b) for b in (1, 32))
+            timings = speedups(model)
+            chosen = timings[args.runtime]
+            b1 = chosen["speedup"].get(1)
+            b32 = chosen["speedup"][32]
             label = name if multiple == 1 else f"{name}, widths x{multiple}"
-            rows.append(
-                {
-                    "structure": label,
-                    "hidden": shape.hidden_size,
-                    "ffn": list(shape.ffn),
-                    "heads": list(shape.heads),
-                    "flops_speedup": round(flops_speedup, 3),
-                    "b1_speedup": round(b1, 3),
-                    "b32_speedup": round(b32, 3),
-                    "ratio_b32": round(b32 / flops_speedup, 3),
-                    "dense_ms": dense_ms,
-                }
+            row = {
+                "structure": label,
+                "hidden": shape.hidden_size,
+                "ffn": list(shape.ffn),
+                "heads": list(shape.heads),
+                "flops_speedup": round(flops_speedup, 3),
+                "b1_speedup": None if b1 is None else round(b1, 3),
+                "b32_speedup": round(b32, 3),
+                "ratio_b32": round(b32 / flops_speedup, 3),
+                "dense_ms": chosen["dense_ms"],
+                "pruned_ms": chosen["pruned_ms"],
+            }
+            if args.runtime == "best":
+                for runtime in runtimes:
+                    ratio = timings[runtime]["speedup"][32] / flops_speedup
+                    row[runtime] = {**timings[runtime], "ratio_b32": round(ratio, 3)}
+            rows.append(row)
+            cells = (
+                [] if args.runtime != "best" else [f"{row[r]['ratio_b32']:.2f}" for r in runtimes]
             )
             print(
-                f"| {label} | {shape.hidden_size} | {flops_speedup:.2f}x | {b1:.2f}x "
-                f"| {b32:.2f}x | {b32 / flops_speedup:.2f} | {dense_ms[32]:.1f} |",
+                f"| {label} | {shape.hidden_size} | {flops_speedup:.2f}x "
+                f"| {'-' if b1 is None else f'{b1:.2f}x'} | {b32:.2f}x "
+                f"| {b32 / flops_speedup:.2f} | "
+                + "".join(f"{c} | " for c in cells)
+                + f"{chosen['dense_ms'][32]:.1f} |",
                 flush=True,
             )
     if args.json:
-        args.json.write_text(json.dumps({"compiled": args.compile, "rows": rows}, indent=2))
+        document = {"runtime": args.runtime, "compiled": args.runtime == "compiled", "rows": rows}
+        args.json.write_text(json.dumps(document, indent=2))
 
 
 if __name__ == "__main__":

@@ -205,11 +205,15 @@ def median_latency(paths: list[Path]) -> dict[str, dict]:
     """
     sessions: dict[str, list[dict]] = {}
     loaded = {path: json.loads(path.read_text()) for path in paths}
-    modes = {path: data.get("compiled", False) for path, data in loaded.items()}
+    modes = {
+        # Files written before --runtime existed say only whether they were compiled.
+        path: data.get("runtime", "compiled" if data.get("compiled") else "eager")
+        for path, data in loaded.items()
+    }
     if len(set(modes.values())) > 1:
         sys.exit(
-            "--latency mixes eager and --compile timings; combine each kind separately: "
-            + ", ".join(f"{path} ({'compiled' if c else 'eager'})" for path, c in modes.items())
+            "--latency mixes timings of different runtimes; combine each kind separately: "
+            + ", ".join(f"{path} ({mode})" for path, mode in modes.items())
         )
     for data in loaded.values():
         for row in data["rows"]:

@@ -90,8 +90,8 @@ def test_latency_table_and_limits(tiny_models: dict[str, Path]) -> None:
         repeats=2,
         threads=1,
     )
-    assert set(table) == {"batch_1", "batch_4", "seq_len", "threads", "compiled"}
-    assert table["compiled"] is False
+    assert set(table) == {"batch_1", "batch_4", "seq_len", "threads", "runtime"}
+    assert table["runtime"] == "eager"
     assert set(table["batch_4"]) == {"dense", "pruned"} and table["seq_len"] == 8
     assert all(v > 0 for row in ("batch_1", "batch_4") for v in table[row].values())
     with pytest.raises(SpruceError, match="positions"):
@@ -110,6 +110,36 @@ def test_compiled_latency_leaves_the_model_eager(tiny_models: dict[str, Path]) -
     assert result["compiled"] is True and result["repeats"] == 3 and result["median_ms"] > 0
     # The compiled wrapper is private to the measurement: the caller's model is untouched.
     assert type(model).__name__ == "BertModel" and not hasattr(model, "_orig_mod")
+
+
+def test_best_runtime_reports_each_models_faster_time(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runtime="best" times every model both ways and keeps, per model and batch size, the
+    faster one, saying which; the eager and compiled tables stay in the report."""
+    import spruce.report.latency as latency
+
+    # Fixed timings (the real measurement is tested above): dense is faster eager, pruned
+    # compiled, at both batch sizes.
+    speeds = {("dense", False): 10.0, ("dense", True): 12.0,
+              ("pruned", False): 3.0, ("pruned", True): 2.0}  # fmt: skip
+    models = {"dense": torch.nn.Linear(2, 2), "pruned": torch.nn.Linear(2, 1)}
+    names = {id(model): name for name, model in models.items()}
+
+    def fake_measure(model, *, batch_size, seq_len, compiled=False, **options):
+        ms = speeds[(names[id(model)], compiled)] * batch_size
+        return {"median_ms": ms, "threads": 1}
+
+    monkeypatch.setattr(latency, "measure_latency", fake_measure)
+    table = latency.measure_latency_table(models, batch_sizes=(1, 32), runtime="best")
+    assert table["runtime"] == "best"
+    assert table["batch_1"] == {"dense": 10.0, "pruned": 2.0}
+    assert table["batch_32"] == {"dense": 320.0, "pruned": 64.0}
+    assert table["chosen"]["batch_32"] == {"dense": "eager", "pruned": "compiled"}
+    assert table["eager"]["batch_32"] == {"dense": 320.0, "pruned": 96.0}
+    assert table["compiled"]["runtime"] == "compiled"
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        latency.measure_latency_table(models, runtime="fastest")
 
 
 def test_compiled_latency_without_compiler_is_a_clear_error(

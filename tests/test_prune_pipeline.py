@@ -89,34 +89,41 @@ def test_bad_target_sparsity_is_rejected(tiny_models, tmp_path, capsys, value):
 
 @pytest.mark.parametrize(
     ("extra", "fragment"),
-    [(["--no-latency"], "contradict"), ([], "C++ compiler")],
+    [
+        (["--latency-runtime", "compiled", "--no-latency"], "contradict"),
+        (["--latency-runtime", "compiled"], "C++ compiler"),
+        (["--latency-runtime", "best"], "C++ compiler"),
+    ],
 )
-def test_latency_compile_is_checked_before_training(
+def test_latency_runtime_is_checked_before_training(
     tiny_models, tmp_path, capsys, monkeypatch, extra, fragment
 ):
     monkeypatch.setattr("spruce.pruning.config.compiler_available", lambda: False)
     data = write_sentiment_files(tmp_path / "data")
     argv = ["prune", "--model", str(tiny_models["bert"]), "--train", str(data["train"]),
-            "--latency-compile", *extra, "--out", str(tmp_path / "out")]  # fmt: skip
+            *extra, "--out", str(tmp_path / "out")]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
-def test_latency_compile_reaches_the_measurement(tiny_models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("runtime", ["compiled", "best"])
+def test_latency_runtime_reaches_the_measurement(tiny_models, tmp_path, monkeypatch, runtime):
     monkeypatch.setattr("spruce.pruning.config.compiler_available", lambda: True)
     seen = {}
 
     def fake_table(models, **options):
         seen.update(options)
         row = {name: 1.0 for name in models}
-        return {"batch_1": row, "batch_32": row, "seq_len": 128, "compiled": options["compiled"]}
+        table = {"batch_1": row, "batch_32": row, "seq_len": 128, "runtime": options["runtime"]}
+        chosen = {"batch_32": {"dense": "eager", "pruned": "compiled"}}
+        return {**table, "chosen": chosen} if options["runtime"] == "best" else table
 
-    # The compile itself is tested in test_flops_latency; here only that the flag arrives.
+    # The timing itself is tested in test_flops_latency; here only that the choice arrives.
     monkeypatch.setattr("spruce.pipelines.prune.measure_latency_table", fake_table)
     data = write_sentiment_files(tmp_path / "data")
     report = prune(tiny_models["bert"], data, tmp_path / "out", "--target-sparsity", "0.5",
-                   "--max-steps", "2", "--no-onnx", "--latency-compile")  # fmt: skip
-    assert seen["compiled"] is True and report["latency_ms"]["compiled"] is True
-    assert report["config"]["prune"]["latency_compile"] is True
+                   "--max-steps", "2", "--no-onnx", "--latency-runtime", runtime)  # fmt: skip
+    assert seen["runtime"] == runtime and report["latency_ms"]["runtime"] == runtime
+    assert report["config"]["prune"]["latency_runtime"] == runtime

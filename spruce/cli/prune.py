@@ -12,6 +12,7 @@ from spruce.errors import SpruceError
 from spruce.masks.units import UNIT_TYPES
 from spruce.pipelines.prune import PruneRun, run_prune
 from spruce.pruning.config import METHODS, PruneConfig
+from spruce.report.latency import RUNTIMES
 from spruce.train.distillation import DistillationConfig
 from spruce.transfer.config import (
     COUPLINGS,
@@ -88,10 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     group.add_argument("--latency-repeats", type=positive_int, default=defaults.latency_repeats)
     group.add_argument(
-        "--latency-compile",
-        action="store_true",
-        help="time the dense and pruned models under torch.compile (needs a C++ compiler); "
-        "small pruned models gain the most, as LayerNorms and adds get fused",
+        "--latency-runtime",
+        choices=RUNTIMES,
+        default=defaults.latency_runtime,
+        help="time the models in eager PyTorch, under torch.compile (needs a C++ compiler; "
+        "small pruned models gain the most, as LayerNorms and adds get fused), or both ways, "
+        "reporting each model's faster runtime (best)",
     )
     distill = parser.add_argument_group("distillation")
     teacher = distill.add_mutually_exclusive_group()
@@ -238,7 +241,7 @@ def handle(args: argparse.Namespace) -> int:
         export_onnx=not args.no_onnx,
         measure_latency=not args.no_latency,
         latency_repeats=args.latency_repeats,
-        latency_compile=args.latency_compile,
+        latency_runtime=args.latency_runtime,
     )
     report = run_prune(
         PruneRun(
@@ -263,8 +266,18 @@ def handle(args: argparse.Namespace) -> int:
         print(
             f"latency batch 1: {lat['batch_1']['dense']:.1f} -> {lat['batch_1']['pruned']:.1f} ms; "
             f"batch 32: {lat['batch_32']['dense']:.1f} -> {lat['batch_32']['pruned']:.1f} ms "
-            f"(FLOPs speed-up {report['flops']['speedup']}x"
-            + (", torch.compile)" if lat.get("compiled") else ")")
+            f"(FLOPs speed-up {report['flops']['speedup']}x" + _runtime_note(lat)
         )
     print(f"wrote {args.out}")
     return 0
+
+
+def _runtime_note(latency: dict) -> str:
+    """How the latency was measured, closing the summary line's parenthesis."""
+    runtime = latency.get("runtime", "eager")
+    if runtime == "compiled":
+        return ", torch.compile)"
+    if runtime == "best":
+        won = latency["chosen"]["batch_32"]
+        return f", batch 32 faster in: dense {won['dense']}, pruned {won['pruned']})"
+    return ")"

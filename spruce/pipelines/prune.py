@@ -253,7 +253,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             seq_len=seq_len,
             threads=run.threads,
             repeats=run.prune.latency_repeats,
-            compiled=run.prune.latency_compile,
+            runtime=run.prune.latency_runtime,
         )
     if run.out is not None and main:  # with several processes rank 0 writes
         _write_outputs(run, task, report, compact, tokenizer, dense_reference, final, start)

@@ -7,7 +7,7 @@ from typing import Any
 
 from spruce.errors import SpruceError
 from spruce.masks.units import UNIT_TYPES
-from spruce.report.latency import compiler_available
+from spruce.report.latency import RUNTIMES, compiler_available
 from spruce.train.distillation import DistillationConfig
 from spruce.utils.fields import checked_fields
 
@@ -45,8 +45,9 @@ class PruneConfig:
     export_onnx: bool = True
     measure_latency: bool = True
     latency_repeats: int = 10
-    # Time both models under torch.compile, as a compiled deployment would run them.
-    latency_compile: bool = False
+    # eager PyTorch, torch.compile, or each model's faster of the two
+    # (spruce.report.latency.measure_latency_table).
+    latency_runtime: str = "eager"
 
     def validate(self) -> PruneConfig:
         if self.method not in METHODS:
@@ -83,15 +84,22 @@ class PruneConfig:
             raise SpruceError(
                 "--prune-rounds, --latency-repeats and --size-multiple must be at least 1"
             )
-        if self.latency_compile and not self.measure_latency:
+        if self.latency_runtime not in RUNTIMES:
             raise SpruceError(
-                "--latency-compile and --no-latency contradict each other", "drop one of them"
+                f"--latency-runtime {self.latency_runtime} is not known",
+                f"use one of {', '.join(RUNTIMES)}",
             )
-        if self.latency_compile and not compiler_available():
+        if self.latency_runtime != "eager" and not self.measure_latency:
+            raise SpruceError(
+                f"--latency-runtime {self.latency_runtime} and --no-latency contradict each other",
+                "drop one of them",
+            )
+        if self.latency_runtime != "eager" and not compiler_available():
             # Checked before training: the measurement comes after the run's last phase.
             raise SpruceError(
-                "--latency-compile needs a C++ compiler (torch.compile builds CPU kernels)",
-                "install g++ (apt-get install g++) or drop --latency-compile",
+                f"--latency-runtime {self.latency_runtime} needs a C++ compiler "
+                "(torch.compile builds CPU kernels)",
+                "install g++ (apt-get install g++) or use --latency-runtime eager",
             )
         if self.distill and self.teacher:
             raise SpruceError(

@@ -157,27 +157,62 @@ def _compile(model: nn.Module) -> Callable[..., Any]:
     return torch.compile(model, dynamic=False, fullgraph=True)
 
 
+RUNTIMES = ("eager", "compiled", "best")
+
+
 def measure_latency_table(
     models: Mapping[str, nn.Module],
     batch_sizes: Sequence[int] = (1, 32),
     seq_len: int = 128,
+    runtime: str = "eager",
     **options: Any,
 ) -> dict[str, Any]:
     """Median latency (ms) of each named model per batch size, for the report:
     ``{"batch_1": {"dense": ms, "pruned": ms}, "batch_32": {...}, "seq_len": 128,
-    "threads": n, "compiled": bool}``. ``options`` go to :func:`measure_latency`."""
+    "threads": n, "runtime": runtime}``. ``options`` go to :func:`measure_latency`.
+
+    ``runtime``: ``"eager"`` PyTorch, ``"compiled"`` (``torch.compile``), or ``"best"``:
+    every model is timed both ways and its faster time is the one reported, as a
+    deployment that benchmarks both runtimes would ship each model; the table then also
+    holds each runtime's own table under ``"eager"`` and ``"compiled"``, and under
+    ``"chosen"`` which runtime won per batch size and model."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "best":
+        tables = {
+            name: measure_latency_table(models, batch_sizes, seq_len, name, **options)
+            for name in ("eager", "compiled")
+        }
+        best: dict[str, Any] = {}
+        chosen: dict[str, dict[str, str]] = {}
+        for batch_size in batch_sizes:
+            key = f"batch_{batch_size}"
+            faster = {
+                model: min(tables, key=lambda name: tables[name][key][model]) for model in models
+            }
+            best[key] = {model: tables[faster[model]][key][model] for model in models}
+            chosen[key] = faster
+        threads = tables["eager"]["threads"]
+        return {**best, "seq_len": seq_len, "threads": threads, "runtime": "best",
+                "chosen": chosen, **tables}  # fmt: skip
     table: dict[str, Any] = {}
     threads = None
     for batch_size in batch_sizes:
         row = {}
         for name, model in models.items():
-            result = measure_latency(model, batch_size=batch_size, seq_len=seq_len, **options)
+            result = measure_latency(
+                model,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                compiled=runtime == "compiled",
+                **options,
+            )
             row[name] = result["median_ms"]
             threads = result["threads"]
         table[f"batch_{batch_size}"] = row
     table["seq_len"] = seq_len
     table["threads"] = threads
-    table["compiled"] = bool(options.get("compiled", False))
+    table["runtime"] = runtime
     return table
 
 
