@@ -14,7 +14,13 @@ from spruce.adapters import AdapterConfig, find_adapters
 from spruce.errors import SpruceError
 from spruce.vision import CHANNEL_CRITERIA, EfficientNetLite, StageSpec, load_cnn
 from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
-from spruce.vision.adapt_model import adapt_cnn, classifier_name, learned_parameters, train_mode
+from spruce.vision.adapt_model import (
+    adapt_cnn,
+    classifier_name,
+    learned_parameters,
+    recalibrate_batchnorm,
+    train_mode,
+)
 from spruce.vision.artifacts import (
     load_compact,
     load_task,
@@ -365,3 +371,30 @@ def test_spruce_adapt_runs_cnns_on_image_data(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "use weight, gradient, taylor or lrp" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_recalibrated_batchnorm_holds_the_data_statistics_without_dropout() -> None:
+    """After recalibration each BatchNorm's running mean and variance are the average of
+    its batch statistics over the data (not ImageNet's, nor a momentum's mix), stochastic
+    depth and dropout were off while they were gathered, and the momentum is restored."""
+    torch.manual_seed(0)
+    stages = (StageSpec(1, 3, 1, 1, 8, 8), StageSpec(2, 3, 2, 4, 8, 12))
+    model = EfficientNetLite(num_classes=3, stages=stages, stem_channels=8, head_channels=16,
+                             drop_connect_rate=0.9, dropout=0.9)  # fmt: skip
+    batches = [(torch.randn(4, 3, 16, 16) * 3 + 1, torch.zeros(4, dtype=torch.long))
+               for _ in range(3)]  # fmt: skip
+    bn = model._bn0
+    seen = []
+    handle = bn.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    recalibrate_batchnorm(model, batches)
+    handle.remove()
+    assert not model.training and bn.momentum == 0.01  # eval mode, momentum as it was
+    means = torch.stack([x.mean((0, 2, 3)) for x in seen])
+    variances = torch.stack([x.var((0, 2, 3), unbiased=True) for x in seen])
+    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, variances.mean(0), atol=1e-4)
+    # Stochastic depth was off: recalibrating again gives the same statistics.
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    recalibrate_batchnorm(model, batches)
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -55,6 +55,7 @@ from spruce.vision.adapt_model import (
     evaluate_cnn,
     image_batches,
     learned_parameters,
+    recalibrate_batchnorm,
     train_phase,
 )
 from spruce.vision.artifacts import (
@@ -303,7 +304,7 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         steps = epochs * len(loader)
         if config.max_steps is not None:
             steps = min(steps, config.max_steps)
-        return train_phase(
+        result = train_phase(
             model,
             loader,
             optimizer,
@@ -313,6 +314,11 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
             description=phase,
             checkpoint=phase_checkpoint(checkpoint, phase),
         )
+        if not adapt:
+            # Scoring, evaluation and fusion run in eval mode: on running statistics that
+            # match the weights just trained (a resumed run redoes this identically).
+            recalibrate_batchnorm(model, score_loader)
+        return result
 
     phases = [{"phase": "dense", **fit(config.dense_epochs, "dense")}]
     step, rounds = _prune_rounds(

@@ -194,6 +194,40 @@ def train_phase(
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader) -> None:
+    """Recompute every BatchNorm's running statistics as the plain average of its batch
+    statistics over ``loader`` (``(images, labels)`` batches), without dropout or
+    stochastic depth, leaving the model in eval mode.
+
+    Why: when every weight learns (fine-pruning), BatchNorm normalises training batches with
+    their own statistics, but evaluation, scoring and the fused model use the running
+    ones, which trail the weights by their momentum. EfficientNet-Lite's is TensorFlow's
+    0.01, so after the few dozen steps of a small task they are still mostly ImageNet's
+    and, once pruning has shifted every layer's inputs, wrong: the digits benchmark went
+    from chance (0.10) to 0.68 test accuracy with this alone."""
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not layers:
+        return
+    momenta = [layer.momentum for layer in layers]
+    model.eval()  # dropout and stochastic depth off
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over the batches below
+        layer.train()
+    try:
+        with torch.no_grad():
+            for images, _ in loader:
+                model(images)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        model.eval()
+
+
 def evaluate_cnn(model: nn.Module, loader: DataLoader) -> dict[str, float]:
     """Accuracy and mean cross-entropy, eval mode."""
     model.eval()
