@@ -17,6 +17,7 @@ from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
 from spruce.vision.adapt_model import (
     adapt_cnn,
     classifier_name,
+    evaluate_cnn,
     learned_parameters,
     recalibrate_batchnorm,
     train_mode,
@@ -398,3 +399,24 @@ def test_recalibrated_batchnorm_holds_the_data_statistics_without_dropout() -> N
     recalibrate_batchnorm(model, batches)
     after = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_evaluation_and_recalibration_record_no_gradients() -> None:
+    """Both run the model over whole splits: an autograd graph there is memory and time
+    spent for nothing."""
+    grad_seen = []
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.BatchNorm2d(3)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, images):
+            grad_seen.append(torch.is_grad_enabled())
+            return self.fc(self.norm(images).mean((2, 3)))
+
+    batches = [(torch.randn(4, 3, 5, 5), torch.zeros(4, dtype=torch.long))]
+    evaluate_cnn(Probe(), batches)
+    recalibrate_batchnorm(Probe(), batches)
+    assert grad_seen == [False, False]

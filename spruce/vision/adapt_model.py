@@ -219,15 +219,15 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader) -> None:
         layer.momentum = None  # a cumulative average over the batches below
         layer.train()
     try:
-        with torch.no_grad():
-            for images, _ in loader:
-                model(images)
+        for images, _ in loader:
+            model(images)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
         model.eval()
 
 
+@torch.no_grad()
 def evaluate_cnn(model: nn.Module, loader: DataLoader) -> dict[str, float]:
     """Accuracy and mean cross-entropy, eval mode."""
     model.eval()
