@@ -37,7 +37,7 @@ from spruce.compact.modeling import CompactModelForSequenceClassification, Spruc
 from spruce.models import encoder_shape, load_classifier
 from spruce.models.structure import EncoderShape
 from spruce.report.flops import model_flops
-from spruce.report.latency import measure_latency
+from spruce.report.latency import measure_latency_table
 
 
 def rounded(width: int, multiple: int, dense: int) -> int:
@@ -115,41 +115,35 @@ def main() -> None:
         {f"uniform-{int(s * 100)}": uniform_structure(dense_shape, s) for s in args.uniform}
     )
 
-    def timed(model, batch_size: int, compiled: bool) -> float:
-        if compiled:
-            # A fresh compilation per timing: dynamo's per-class cache would otherwise fill
-            # up after a few shapes and silently fall back to eager.
-            torch._dynamo.reset()
-        return measure_latency(
-            model,
-            batch_size=batch_size,
-            seq_len=128,
-            threads=args.threads,
-            repeats=args.repeats,
-            compiled=compiled,
-        )["median_ms"]
-
     runtimes = ["eager", "compiled"] if args.runtime == "best" else [args.runtime]
 
     def speedups(model) -> dict[str, dict]:
-        """Per runtime (and the best of them): dense and pruned ms and speed-up per batch.
-        The dense model is timed again next to every structure: this machine's speed
-        drifts by 10-15% over minutes, which a single dense timing would put into every
-        ratio."""
+        """Per runtime (and the best of them): dense and pruned ms and speed-up per batch,
+        from the report's own :func:`measure_latency_table`. The dense model is timed
+        again next to every structure: this machine's speed drifts by 10-15% over minutes,
+        which a single dense timing would put into every ratio."""
+        if args.runtime != "eager":
+            # A fresh compilation cache per structure: dynamo's per-class cache would
+            # otherwise fill up after a few shapes and silently fall back to eager.
+            torch._dynamo.reset()
+        table = measure_latency_table(
+            {"dense": dense_model, "pruned": model},
+            batch_sizes=args.batch_sizes,
+            seq_len=128,
+            runtime=args.runtime,
+            threads=args.threads,
+            repeats=args.repeats,
+        )
+        tables = {args.runtime: table}
+        if args.runtime == "best":  # each runtime's own table rides along
+            tables.update(eager=table["eager"], compiled=table["compiled"])
         out: dict[str, dict] = {}
-        for runtime in runtimes:
-            compiled = runtime == "compiled"
-            dense_ms = {b: timed(dense_model, b, compiled) for b in args.batch_sizes}
-            pruned_ms = {b: timed(model, b, compiled) for b in args.batch_sizes}
-            out[runtime] = {"dense_ms": dense_ms, "pruned_ms": pruned_ms}
-        if args.runtime == "best":
-            out["best"] = {
-                kind: {b: min(out[r][kind][b] for r in runtimes) for b in args.batch_sizes}
-                for kind in ("dense_ms", "pruned_ms")
-            }
-        for timing in out.values():
-            timing["speedup"] = {
-                b: timing["dense_ms"][b] / timing["pruned_ms"][b] for b in args.batch_sizes
+        for runtime, timing in tables.items():
+            rows = {b: timing[f"batch_{b}"] for b in args.batch_sizes}
+            out[runtime] = {
+                "dense_ms": {b: row["dense"] for b, row in rows.items()},
+                "pruned_ms": {b: row["pruned"] for b, row in rows.items()},
+                "speedup": {b: row["dense"] / row["pruned"] for b, row in rows.items()},
             }
         return out
 
