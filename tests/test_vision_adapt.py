@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spruce.adapters import AdapterConfig, find_adapters
@@ -20,13 +20,14 @@ from spruce.vision.adapt_model import (
     evaluate_cnn,
     learned_parameters,
     recalibrate_batchnorm,
-    train_mode,
 )
 from spruce.vision.artifacts import (
+    batchnorm_layers,
     load_compact,
     load_task,
     save_compact,
     save_task,
+    task_statistics,
 )
 from spruce.vision.masking import (
     ChannelPlan,
@@ -101,7 +102,8 @@ def data() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _perturb(model: nn.Module, seed: int, scale: float = 0.3) -> None:
-    """Stand-in for training: non-zero adapter factors and biases, a new classifier."""
+    """Stand-in for training: non-zero adapter factors and biases, a new classifier, the
+    task's own BatchNorm statistics."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in find_adapters(model).values():
@@ -109,6 +111,9 @@ def _perturb(model: nn.Module, seed: int, scale: float = 0.3) -> None:
                 parameter.copy_(scale * torch.randn(parameter.shape, generator=generator))
         head = model.get_submodule(classifier_name(model))
         head.weight.copy_(scale * torch.randn(head.weight.shape, generator=generator))
+        for bn in batchnorm_layers(model).values():
+            bn.running_mean.add_(scale * torch.randn(bn.num_features, generator=generator))
+            bn.running_var.mul_(1 + scale * torch.rand(bn.num_features, generator=generator))
 
 
 def _adapted(builder: str, kind: str | None, seed: int = 2) -> nn.Module:
@@ -155,17 +160,21 @@ def test_training_an_adapted_model_leaves_the_shared_base_alone(data):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
-    train_mode(model, freeze_batchnorm=True)
-    assert model.training and not model.stem_bn.training  # BN statistics stay the base's
+    model.train()
     for images, labels in data:
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(images), labels).backward()
         optimizer.step()
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("classifier.") or "lora_" in k or k.endswith(".bias")
-                           for k in changed)  # fmt: skip
-    assert not any("base_layer" in k or "_bn" in k for k in changed)
+    statistics = {k for k in changed if k.endswith(("running_mean", "running_var", "_tracked"))}
+    # BatchNorm's statistics are the task's own (saved in its file); its affine parameters
+    # and every other base tensor stay the shared base's.
+    assert statistics and all("_bn." in k for k in statistics)
+    learned = changed - statistics
+    assert learned and all(k.startswith("classifier.") or "lora_" in k or k.endswith(".bias")
+                           for k in learned)  # fmt: skip
+    assert not any("base_layer" in k or "_bn" in k for k in learned)
 
 
 @pytest.mark.parametrize("builder", sorted(BUILDERS))
@@ -220,13 +229,22 @@ def test_task_file_holds_only_the_task(tmp_path, data):
     _prune(model, data)
     save_task(model, tmp_path, {"classifier": "classifier", "model": "tiny"})
     tensors = load_file(str(tmp_path / "task.safetensors"))
-    assert all(k.startswith(("adapter.", "classifier.")) for k in tensors)
-    assert not any("base_layer" in k or "bn" in k for k in tensors)
-    frozen = [t for n, t in model.state_dict().items() if "base_layer" in n or "_bn" in n]
+    assert all(k.startswith(("adapter.", "classifier.", "batchnorm.")) for k in tensors)
+    assert not any("base_layer" in k for k in tensors)
+    masks = active_masks(model)
+    for name, bn in batchnorm_layers(model).items():  # statistics of the kept channels only
+        kept = masks.output_keep(name, bn.num_features)
+        assert torch.equal(tensors[f"batchnorm.{name}.running_mean"], bn.running_mean[kept])
+        assert torch.equal(tensors[f"batchnorm.{name}.running_var"], bn.running_var[kept])
+    assert not any(k.startswith("batchnorm.") and "running" not in k for k in tensors)
+    channels = sum(bn.num_features for bn in batchnorm_layers(model).values())
+    assert task_statistics(model) < 2 * channels
+    frozen = [t for n, t in model.state_dict().items() if "base_layer" in n or "_bn.weight" in n
+              or "_bn.bias" in n]  # fmt: skip
     for value in tensors.values():
         assert not any(v.shape == value.shape and torch.equal(v, value) for v in frozen)
     floats = sum(v.numel() for v in tensors.values() if v.is_floating_point())
-    assert floats == learned_parameters(model, "classifier", active_masks(model))
+    assert floats == learned_parameters(model, "classifier", masks) + task_statistics(model)
     meta = json.loads((tmp_path / "task.json").read_text())
     assert meta["plan"] and meta["classifier"] == "classifier"
 
@@ -253,6 +271,20 @@ def test_switching_tasks_on_one_base(tmp_path, data):
             assert (fresh.eval()(images) - expected).abs().max() <= TOLERANCE
     with pytest.raises(SpruceError, match=r"task\.json"):
         load_task(fresh, tmp_path)
+
+
+def test_a_task_file_without_batchnorm_statistics_is_refused(tmp_path, data):
+    model = _adapted("tiny", "splora")
+    _prune(model, data, ("weight",), (0.5,))
+    save_task(model, tmp_path, {"classifier": "classifier"})
+    path = tmp_path / "task.safetensors"
+    tensors = load_file(str(path))
+    save_file({k: v for k, v in tensors.items() if not k.startswith("batchnorm.")}, str(path))
+    fresh = tiny_cnn()
+    adapt_cnn(fresh, AdapterConfig(kind="splora", rank=2), "classifier")
+    with pytest.raises(SpruceError, match="running_mean of BatchNorm 'stem_bn'") as error:
+        load_task(fresh, tmp_path)
+    assert "re-run spruce adapt" in error.value.fix
 
 
 def test_efficientnet_lite0_masked_equals_fused_and_reloads(tmp_path):

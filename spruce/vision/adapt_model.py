@@ -64,16 +64,6 @@ def adapt_cnn(
     return layers
 
 
-def train_mode(model: nn.Module, freeze_batchnorm: bool) -> nn.Module:
-    """``model.train()``, with BatchNorm left in eval mode when it belongs to a shared base."""
-    model.train()
-    if freeze_batchnorm:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-    return model
-
-
 def learned_parameters(model: nn.Module, classifier: str, masks: ChannelMasks | None) -> int:
     """Per-task learned numbers of an adapted model: surviving adapter entries and biases
     (each layer's ``learned_parameters()``) plus the classifier's kept inputs and bias."""
@@ -81,29 +71,6 @@ def learned_parameters(model: nn.Module, classifier: str, masks: ChannelMasks | 
     kept = int(masks.input_keep(classifier, head.in_features).sum()) if masks else head.in_features
     own = head.out_features * kept + (head.bias.numel() if head.bias is not None else 0)
     return own + sum(layer.learned_parameters() for layer in find_adapters(model).values())
-
-
-class TrainingView(nn.Module):
-    """The CNN as the shared :class:`~spruce.train.Trainer` trains it.
-
-    The Trainer puts its model in train mode at the start of every phase (and of a resumed
-    one); here ``train()`` then leaves BatchNorm in eval mode when it belongs to a shared
-    base (:func:`train_mode`). Its state dict is the CNN's, under ``net.``.
-    """
-
-    def __init__(self, net: nn.Module, freeze_batchnorm: bool) -> None:
-        super().__init__()
-        self.net = net
-        self.freeze_batchnorm = freeze_batchnorm
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
-
-    def train(self, mode: bool = True) -> TrainingView:
-        super().train(mode)
-        if mode:
-            train_mode(self.net, self.freeze_batchnorm)
-        return self
 
 
 def image_batches(items: list[tuple[Tensor, int]]) -> dict[str, Tensor]:
@@ -159,7 +126,6 @@ def train_phase(
     optimizer: torch.optim.Optimizer,
     steps: int,
     *,
-    freeze_batchnorm: bool,
     progress: bool,
     description: str,
     checkpoint: TrainerCheckpoint | None = None,
@@ -176,7 +142,7 @@ def train_phase(
         return {"steps": 0, "loss": None, "accuracy": None}
     tally = PhaseTally()
     trainer = Trainer(
-        TrainingView(model, freeze_batchnorm),
+        model,
         loader,
         TrainConfig(max_steps=steps, max_grad_norm=0.0, patience=None),
         loss_fn=tally.loss,
@@ -199,12 +165,12 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader) -> None:
     statistics over ``loader`` (``(images, labels)`` batches), without dropout or
     stochastic depth, leaving the model in eval mode.
 
-    Why: when every weight learns (fine-pruning), BatchNorm normalises training batches with
-    their own statistics, but evaluation, scoring and the fused model use the running
-    ones, which trail the weights by their momentum. EfficientNet-Lite's is TensorFlow's
-    0.01, so after the few dozen steps of a small task they are still mostly ImageNet's
-    and, once pruning has shifted every layer's inputs, wrong: the digits benchmark went
-    from chance (0.10) to 0.68 test accuracy with this alone."""
+    Why: BatchNorm normalises training batches with their own statistics, but evaluation,
+    scoring and the fused model use the running ones, which trail the weights by their
+    momentum. EfficientNet-Lite's is TensorFlow's 0.01, so after the few dozen steps of a
+    small task they are still mostly ImageNet's and, once pruning has shifted every
+    layer's inputs, wrong: the digits benchmark's fine-pruned models went from chance
+    (0.10) to 0.68 test accuracy with this alone."""
     layers = [
         m
         for m in model.modules()

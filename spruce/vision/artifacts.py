@@ -33,12 +33,37 @@ TASK_WEIGHTS, TASK_META = "task.safetensors", "task.json"
 MODEL_WEIGHTS, MODEL_META, MODEL_ONNX = "model.safetensors", "model.json", "model.onnx"
 
 
+def batchnorm_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers with running statistics, by module name."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+    }
+
+
+def _kept_outputs(masks: ChannelMasks | None, name: str, size: int) -> torch.Tensor:
+    return masks.output_keep(name, size) if masks else torch.ones(size, dtype=torch.bool)
+
+
+def task_statistics(model: nn.Module) -> int:
+    """How many BatchNorm running-statistic numbers the task file holds: a mean and a
+    variance per kept channel (see :mod:`spruce.vision.adapt` for why a task owns them)."""
+    masks = active_masks(model)
+    return sum(
+        2 * int(_kept_outputs(masks, name, bn.num_features).sum())
+        for name, bn in batchnorm_layers(model).items()
+    )
+
+
 def save_task(model: nn.Module, directory: str | Path, meta: dict[str, Any]) -> Path:
     """Write the task's own tensors (no base tensor) and its channel plan.
 
     ``task.safetensors``: every adapter's task state (kept factor rows/columns, kept bias,
     bit-packed masks) under ``adapter.``, the classifier's kept input columns and bias
-    under ``classifier.``. ``task.json``: ``meta`` (must name ``classifier``) plus the plan.
+    under ``classifier.``, and every BatchNorm's running mean and variance of the kept
+    channels under ``batchnorm.`` (the affine parameters are the base's).
+    ``task.json``: ``meta`` (must name ``classifier``) plus the plan.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -50,6 +75,10 @@ def save_task(model: nn.Module, directory: str | Path, meta: dict[str, Any]) -> 
     tensors["classifier.weight"] = head.weight.detach()[:, keep].contiguous()
     if head.bias is not None:
         tensors["classifier.bias"] = head.bias.detach().clone()
+    for bn_name, bn in batchnorm_layers(model).items():
+        kept = _kept_outputs(masks, bn_name, bn.num_features)
+        tensors[f"batchnorm.{bn_name}.running_mean"] = bn.running_mean[kept].contiguous()
+        tensors[f"batchnorm.{bn_name}.running_var"] = bn.running_var[kept].contiguous()
     save_file(tensors, str(directory / TASK_WEIGHTS))
     plan = masks.plan if masks else ChannelPlan()
     text = json.dumps({"format": "spruce-cnn-task/1", **meta, "plan": plan.to_json()})
@@ -60,7 +89,8 @@ def save_task(model: nn.Module, directory: str | Path, meta: dict[str, Any]) -> 
 @torch.no_grad()
 def load_task(model: nn.Module, directory: str | Path) -> ChannelMasks:
     """Switch an adapted model (same base, same adapters) to the task saved in ``directory``:
-    its masks, adapter tensors and classifier. Returns the masks now in place."""
+    its masks, adapter tensors, classifier and BatchNorm statistics. Returns the masks now
+    in place."""
     directory = Path(directory)
     if not (directory / TASK_META).is_file() or not (directory / TASK_WEIGHTS).is_file():
         raise SpruceError(f"{directory} holds no {TASK_META} and {TASK_WEIGHTS}", "save_task first")
@@ -83,7 +113,28 @@ def load_task(model: nn.Module, directory: str | Path) -> ChannelMasks:
     head.weight[:, keep] = weight.to(head.weight)
     if head.bias is not None:
         head.bias.copy_(tensors["classifier.bias"])
+    _load_statistics(model, masks, tensors, directory)
     return masks
+
+
+def _load_statistics(
+    model: nn.Module, masks: ChannelMasks, tensors: dict[str, torch.Tensor], directory: Path
+) -> None:
+    for name, bn in batchnorm_layers(model).items():
+        kept = masks.output_keep(name, bn.num_features)
+        for stat, fill in (("running_mean", 0.0), ("running_var", 1.0)):
+            value = tensors.get(f"batchnorm.{name}.{stat}")
+            if value is None or value.shape != (int(kept.sum()),):
+                raise SpruceError(
+                    f"{directory / TASK_WEIGHTS} holds no {stat} of BatchNorm '{name}' "
+                    "for its kept channels",
+                    "load a task trained on this base with this version of spruce "
+                    "(re-run spruce adapt to write one)",
+                )
+            # Removed channels' statistics never reach an output (their masks zero them).
+            buffer = getattr(bn, stat)
+            buffer.fill_(fill)
+            buffer[kept] = value.to(buffer)
 
 
 # ----- the compact model ------------------------------------------------------------------

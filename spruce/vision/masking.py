@@ -270,6 +270,11 @@ class ChannelMasks:
         keep = self._keep(name, "in", size)
         return torch.ones(size, dtype=torch.bool) if keep is None else keep > 0.5
 
+    def output_keep(self, name: str, size: int) -> Tensor:
+        """Boolean keep-vector of the outputs of layer ``name`` (all true if unmasked)."""
+        keep = self._keep(name, "out", size)
+        return torch.ones(size, dtype=torch.bool) if keep is None else keep > 0.5
+
     def remove(self) -> None:
         """Drop the hooks and reset every adapter's masks to ones."""
         for handle in self.handles:
