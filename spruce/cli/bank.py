@@ -11,7 +11,9 @@ from spruce.spa.bank import TaskBank
 from spruce.utils.atomic import check_output_dir, staged_output_dir
 
 HELP = "per-task adapter files on one shared base"
-FUSE_HELP = "fuse one task (a spruce adapt output) with its base into a compact model"
+FUSE_HELP = (
+    "fuse one task (a spruce adapt output, text or image) with its base into a compact model"
+)
 # The ONNX check needs some text; a task file carries none of its data.
 CHECK_TEXTS = ("a short sentence to check the export", "another one, a little longer than that")
 
@@ -33,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle_fuse(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite)  # refuse before loading anything
+    from spruce.vision.artifacts import is_cnn_task  # torch-pruning only for image tasks
+
+    if is_cnn_task(args.task):
+        return _fuse_cnn(args)
     bank = TaskBank(base=args.base)
     name = args.task.name or "task"
     bank.add(name, args.task)
@@ -48,5 +54,29 @@ def handle_fuse(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}/model: task {name} fused with its base ({heads} heads, {ffn} FFN "
         f"units, {sum(p.numel() for p in compact.parameters()):,} parameters{onnx})"
+    )
+    return 0
+
+
+def _fuse_cnn(args: argparse.Namespace) -> int:
+    """An image task: the compact CNN in the files ``spruce adapt`` writes for it
+    (``model.safetensors`` + ``model.json``, ``model.onnx``), so ``load_compact`` reads
+    either."""
+    from spruce.vision.artifacts import MODEL_ONNX, MODEL_WEIGHTS, export_cnn_onnx
+    from spruce.vision.bank import CNNTaskBank
+
+    bank = CNNTaskBank(base=args.base)
+    name = args.task.name or "task"
+    bank.add(name, args.task)
+    meta = bank.meta(name)
+    with staged_output_dir(args.out, args.overwrite) as staging:
+        fused = bank.save_fused(name, staging)
+        if not args.no_onnx:
+            difference = export_cnn_onnx(fused, staging / MODEL_ONNX, int(meta["image_size"]))
+    onnx = "" if args.no_onnx else f", ONNX max |diff| {difference:.1e}"
+    print(
+        f"wrote {args.out}/{MODEL_WEIGHTS}: task {name} fused with its base {meta['model']} "
+        f"({meta['num_classes']} classes, {sum(p.numel() for p in fused.parameters()):,} "
+        f"parameters{onnx})"
     )
     return 0

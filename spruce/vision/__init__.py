@@ -3,8 +3,10 @@
 Data flows one way, as for the transformers: :func:`load_images` -> :func:`load_cnn` ->
 a channel criterion (:data:`CHANNEL_CRITERIA`) -> :func:`prune_cnn`, which uses
 torch-pruning's dependency graph for the coupled channels and the physical removal.
+:class:`CNNTaskBank` serves many adapted image tasks from one base CNN.
 """
 
+from spruce.vision.bank import CNNTaskBank
 from spruce.vision.channels import (
     CHANNEL_CRITERIA,
     ChannelGradientImportance,
@@ -36,6 +38,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CNNPruneResult",
+    "CNNTaskBank",
     "ChannelGradientImportance",
     "ChannelImportance",
     "ChannelLRPImportance",

@@ -67,7 +67,7 @@ from spruce.vision.artifacts import (
     MODEL_WEIGHTS,
     TASK_WEIGHTS,
     export_cnn_onnx,
-    save_compact,
+    save_fused,
     save_task,
     task_statistics,
 )
@@ -339,13 +339,6 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
     ignored = [dense.get_submodule(head)]
     dense_prunable = step.base_parameters  # the merged copy's, adapter biases included
     fused_prunable = prunable_parameter_count(fused, [fused.get_submodule(head)])
-    added_biases = [
-        n
-        for n, m in fused.named_modules()
-        if isinstance(m, nn.modules.conv._ConvNd)
-        and m.bias is not None
-        and dense.get_submodule(n).bias is None
-    ]
     meta = {
         "model": config.model,
         "num_classes": num_classes,
@@ -388,7 +381,7 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         "config": config.to_dict(),
     }
     with staged_output_dir(out, config.overwrite) as staging:
-        save_compact(fused, staging, {**meta, "history": history, "added_biases": added_biases})
+        save_fused(model, fused, history, staging, meta)
         if config.export_onnx:
             report["onnx_max_abs_diff"] = export_cnn_onnx(
                 fused, staging / MODEL_ONNX, config.image_size

@@ -6,18 +6,17 @@ import json
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spruce.adapters import (
-    adapter_state,
-    load_adapter_state,
-)
+from spruce.adapters import adapter_state, find_adapters, load_adapter_state
 from spruce.errors import SpruceError
 from spruce.utils.atomic import usual_permissions
 from spruce.vision.masking import (
@@ -30,6 +29,7 @@ from spruce.vision.models import load_cnn
 from spruce.vision.pruner import replay_pruning
 
 TASK_WEIGHTS, TASK_META = "task.safetensors", "task.json"
+TASK_FORMAT = "spruce-cnn-task/1"
 MODEL_WEIGHTS, MODEL_META, MODEL_ONNX = "model.safetensors", "model.json", "model.onnx"
 
 
@@ -81,49 +81,139 @@ def save_task(model: nn.Module, directory: str | Path, meta: dict[str, Any]) -> 
         tensors[f"batchnorm.{bn_name}.running_var"] = bn.running_var[kept].contiguous()
     save_file(tensors, str(directory / TASK_WEIGHTS))
     plan = masks.plan if masks else ChannelPlan()
-    text = json.dumps({"format": "spruce-cnn-task/1", **meta, "plan": plan.to_json()})
+    text = json.dumps({"format": TASK_FORMAT, **meta, "plan": plan.to_json()})
     (directory / TASK_META).write_text(text + "\n", encoding="utf-8")
     return directory / TASK_WEIGHTS
 
 
-@torch.no_grad()
-def load_task(model: nn.Module, directory: str | Path) -> ChannelMasks:
-    """Switch an adapted model (same base, same adapters) to the task saved in ``directory``:
-    its masks, adapter tensors, classifier and BatchNorm statistics. Returns the masks now
-    in place."""
+@dataclass
+class CNNTask:
+    """A task file read into memory, split by what each part is loaded into: a bank keeps
+    these per task so that switching tasks reads no file."""
+
+    directory: Path
+    meta: dict[str, Any]
+    plan: ChannelPlan
+    adapter: dict[str, torch.Tensor]
+    classifier: dict[str, torch.Tensor]
+    statistics: dict[str, torch.Tensor]
+
+    @property
+    def classifier_name(self) -> str:
+        return str(self.meta["classifier"])
+
+
+def is_cnn_task(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a CNN task (rather than a text one): decided by the
+    ``format`` in its ``task.json``, so that one command can take either kind."""
+    try:
+        meta = json.loads((Path(directory) / TASK_META).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and str(meta.get("format", "")).startswith("spruce-cnn-task/")
+
+
+def read_task(directory: str | Path) -> CNNTask:
+    """Read the files :func:`save_task` wrote, checking only what needs no model."""
     directory = Path(directory)
-    if not (directory / TASK_META).is_file() or not (directory / TASK_WEIGHTS).is_file():
-        raise SpruceError(f"{directory} holds no {TASK_META} and {TASK_WEIGHTS}", "save_task first")
-    meta = json.loads((directory / TASK_META).read_text(encoding="utf-8"))
-    tensors = load_file(str(directory / TASK_WEIGHTS))
-    masks = apply_channel_plan(model, ChannelPlan.from_json(meta.get("plan", [])))
-    adapters = {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
-    load_adapter_state(model, adapters)
-    name = meta["classifier"]
-    head = model.get_submodule(name)
+    meta_path, tensor_path = directory / TASK_META, directory / TASK_WEIGHTS
+    if not meta_path.is_file() or not tensor_path.is_file():
+        raise SpruceError(
+            f"{directory} holds no {TASK_META} and {TASK_WEIGHTS}",
+            "pass the --out folder of spruce adapt run with adapters (not --fine-prune)",
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(tensor_path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as error:
+        raise SpruceError(
+            f"the task file in {directory} cannot be read ({str(error).splitlines()[0][:160]})",
+            "write it again with spruce adapt",
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != TASK_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise SpruceError(
+            f"{meta_path} is not a {TASK_FORMAT} task file (format {found!r})",
+            "write the task again with this version of spruce adapt",
+        )
+    weight = tensors.get("classifier.weight")
+    if not isinstance(meta.get("classifier"), str) or weight is None or weight.dim() != 2:
+        raise SpruceError(
+            f"{meta_path} names no classifier, or {TASK_WEIGHTS} lacks its weight",
+            "write the task again with spruce adapt",
+        )
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    plan = ChannelPlan.from_json(meta.get("plan", []))
+    return CNNTask(directory, meta, plan, part("adapter."), part("classifier."), part("batchnorm."))
+
+
+@torch.no_grad()
+def apply_task(model: nn.Module, task: CNNTask) -> ChannelMasks:
+    """Switch an adapted model (same base, same adapters) to ``task``: its masks, adapter
+    tensors, classifier and BatchNorm statistics; the base's tensors are only read.
+    Returns the masks now in place."""
+    name = task.classifier_name
+    # The classifier is the task's own, of its number of classes: replaced before the
+    # plan is masked, so that the masks' hooks sit on the layer that computes.
+    head = _task_classifier(model, name, task.classifier["weight"].shape[0])
+    masks = apply_channel_plan(model, task.plan)
+    load_adapter_state(model, task.adapter)
     keep = masks.input_keep(name, head.in_features)
-    weight = tensors["classifier.weight"]
+    weight, bias = task.classifier["weight"], task.classifier.get("bias")
     if weight.shape != (head.out_features, int(keep.sum())):
         raise SpruceError(
             f"the task's classifier has shape {tuple(weight.shape)}, the model's kept part is "
             f"{(head.out_features, int(keep.sum()))}",
-            "load a task trained on the same base model with the same number of classes",
+            "load a task trained on the same base model",
+        )
+    if (bias is None) != (head.bias is None):
+        raise SpruceError(
+            f"the task's classifier {'lacks' if bias is None else 'has'} a bias, the model's "
+            f"{'has' if bias is None else 'lacks'} one",
+            "load a task trained on the same base model",
         )
     head.weight.zero_()
     head.weight[:, keep] = weight.to(head.weight)
     if head.bias is not None:
-        head.bias.copy_(tensors["classifier.bias"])
-    _load_statistics(model, masks, tensors, directory)
+        head.bias.copy_(bias)
+    _load_statistics(model, masks, task.statistics, task.directory)
     return masks
 
 
+def load_task(model: nn.Module, directory: str | Path) -> ChannelMasks:
+    """:func:`apply_task` of the task saved in ``directory``, read for this one switch
+    (:class:`~spruce.vision.CNNTaskBank` reads each task once and keeps it)."""
+    return apply_task(model, read_task(directory))
+
+
+def _task_classifier(model: nn.Module, name: str, classes: int) -> nn.Linear:
+    try:
+        head = model.get_submodule(name)
+    except AttributeError:
+        head = None
+    if not isinstance(head, nn.Linear):
+        raise SpruceError(
+            f"the task's classifier '{name}' is not a linear layer of the model",
+            "load a task trained on the same base model",
+        )
+    if head.out_features != classes:
+        new = nn.Linear(head.in_features, classes, bias=head.bias is not None).to(head.weight)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+        head = new
+    return head
+
+
 def _load_statistics(
-    model: nn.Module, masks: ChannelMasks, tensors: dict[str, torch.Tensor], directory: Path
+    model: nn.Module, masks: ChannelMasks, statistics: dict[str, torch.Tensor], directory: Path
 ) -> None:
     for name, bn in batchnorm_layers(model).items():
         kept = masks.output_keep(name, bn.num_features)
         for stat, fill in (("running_mean", 0.0), ("running_var", 1.0)):
-            value = tensors.get(f"batchnorm.{name}.{stat}")
+            value = statistics.get(f"{name}.{stat}")
             if value is None or value.shape != (int(kept.sum()),):
                 raise SpruceError(
                     f"{directory / TASK_WEIGHTS} holds no {stat} of BatchNorm '{name}' "
@@ -146,6 +236,29 @@ def save_compact(model: nn.Module, directory: Path, meta: dict[str, Any]) -> Pat
     meta = {"format": "spruce-cnn-compact/1", **meta}
     (directory / MODEL_META).write_text(json.dumps(meta) + "\n", encoding="utf-8")
     return directory / MODEL_WEIGHTS
+
+
+def added_biases(adapted: nn.Module) -> list[str]:
+    """Layers whose fused form carries a bias its base layer lacks: fusion keeps every
+    adapter's per-task bias, so :func:`load_compact` must add these before loading."""
+    return [
+        name
+        for name, layer in find_adapters(adapted).items()
+        if getattr(layer.base_layer, "bias", None) is None
+    ]
+
+
+def save_fused(
+    adapted: nn.Module,
+    fused: nn.Module,
+    history: list[list],
+    directory: str | Path,
+    meta: dict[str, Any],
+) -> Path:
+    """:func:`save_compact` of ``fused`` (:func:`~spruce.vision.masking.fuse_pruned` of
+    ``adapted``, which gave ``history``) with what :func:`load_compact` needs to rebuild it."""
+    meta = {**meta, "history": history, "added_biases": added_biases(adapted)}
+    return save_compact(fused, Path(directory), meta)
 
 
 def load_compact(directory: str | Path) -> nn.Module:

@@ -228,15 +228,19 @@ class ChannelMasks:
                 for part in ("out", "in") if side == "both" else (side,):
                     removed.setdefault((name, part), set()).update(idxs)
         self.removed = removed
-        for name in dict.fromkeys(name for name, _ in removed):
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                raise SpruceError(
-                    f"the channel plan names '{name}', which the model does not have",
-                    "apply a plan to the same architecture it was made for",
-                ) from None
-            self._mask(name, module)
+        try:
+            for name in dict.fromkeys(name for name, _ in removed):
+                try:
+                    module = model.get_submodule(name)
+                except AttributeError:
+                    raise SpruceError(
+                        f"the channel plan names '{name}', which the model does not have",
+                        "apply a plan to the same architecture it was made for",
+                    ) from None
+                self._mask(name, module)
+        except SpruceError:
+            self.remove()  # no stray hooks of a plan that does not fit (a bank goes on)
+            raise
 
     def _keep(self, name: str, side: str, size: int) -> Tensor | None:
         if (name, side) not in self.removed:
