@@ -92,38 +92,28 @@ def test_each_task_through_the_bank_equals_its_model_before_saving(bank, tasks):
     assert bank.predict("c", IMAGES) == expected
 
 
-def test_switching_never_touches_the_base(bank):
-    model = bank.model
+def _frozen_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base's frozen parameters: adapted layers' base weights and BatchNorm's affine."""
     frozen = {
         f"{name}.{key}": parameter
         for name, layer in find_adapters(model).items()
         for key, parameter in layer.base_layer.named_parameters()
     }
-    frozen.update(
-        {
-            f"{name}.{key}": parameter
-            for name, bn in batchnorm_layers(model).items()
-            for key, parameter in bn.named_parameters()
-        }
-    )
+    for name, bn in batchnorm_layers(model).items():
+        frozen.update({f"{name}.{key}": parameter for key, parameter in bn.named_parameters()})
+    return frozen
+
+
+def test_switching_never_touches_the_base(bank):
+    model = bank.model
+    frozen = _frozen_tensors(model)
     copies = {k: v.detach().clone() for k, v in frozen.items()}
     fresh = build("toy-lite", 3)  # adding the tasks did not change the base either
     for name, layer in find_adapters(model).items():
         assert torch.equal(layer.base_layer.weight, fresh.get_submodule(name).weight), name
     for name in ["b", "a", "c", "b", "c", "a"]:
         bank.run(name, IMAGES)
-    after = {
-        f"{name}.{key}": parameter
-        for name, layer in find_adapters(model).items()
-        for key, parameter in layer.base_layer.named_parameters()
-    }
-    after.update(
-        {
-            f"{name}.{key}": parameter
-            for name, bn in batchnorm_layers(model).items()
-            for key, parameter in bn.named_parameters()
-        }
-    )
+    after = _frozen_tensors(model)
     assert after.keys() == frozen.keys() and bank.model is model
     for key, parameter in after.items():
         assert parameter is frozen[key], key  # the same tensors, not reloaded copies
