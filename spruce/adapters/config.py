@@ -125,6 +125,10 @@ class AdapterConfig:
             setattr(self, name, list(patterns))
         return self
 
+    def describe(self) -> str:
+        """The fields that decide whether two tasks' adapters fit one base, for messages."""
+        return f"kind={self.kind}, rank={self.rank}, scaling={self.scaling}"
+
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["block_size"] = list(self.block_size)

@@ -111,8 +111,8 @@ class TaskBank:
             self._adapter = check_transformer_adapter(record.adapter)
         if record.adapter.to_dict() != self._adapter.to_dict():
             raise SpruceError(
-                f"task {directory} uses adapter {_short(record.adapter)}, the bank holds "
-                f"{_short(self._adapter)}",
+                f"task {directory} uses adapter {record.adapter.describe()}, the bank holds "
+                f"{self._adapter.describe()}",
                 "put tasks adapted with the same adapter settings in one bank",
             )
         if self._model is None:
@@ -232,8 +232,3 @@ def _load_head(model: PreTrainedModel, head: dict[str, Tensor]) -> None:
         if parameters[name].shape != value.shape:
             raise SpruceError(f"the task's '{name}' does not fit the base model's head")
         parameters[name].copy_(value)
-
-
-def _short(config: AdapterConfig) -> str:
-    values = config.to_dict()
-    return ", ".join(f"{k}={values[k]}" for k in ("kind", "rank", "scaling"))

@@ -182,8 +182,8 @@ class CNNTaskBank:
         adapter = AdapterConfig.from_dict(meta["adapter"])
         if self._adapter is not None and adapter.to_dict() != self._adapter.to_dict():
             raise SpruceError(
-                f"task {task.directory} uses adapter {_short(adapter)}, the bank holds "
-                f"{_short(self._adapter)}",
+                f"task {task.directory} uses adapter {adapter.describe()}, the bank holds "
+                f"{self._adapter.describe()}",
                 "put tasks adapted with the same adapter settings in one bank",
             )
         rows, classes, names = task.classifier["weight"].shape[0], meta["num_classes"], None
@@ -209,8 +209,3 @@ class CNNTaskBank:
         example = torch.zeros(1, 3, size, size)  # torch-pruning traces the graph with it
         fused, history = fuse_pruned(self.model, task.plan, example, [task.classifier_name])
         return fused.eval(), history
-
-
-def _short(config: AdapterConfig) -> str:
-    values = config.to_dict()
-    return ", ".join(f"{k}={values[k]}" for k in ("kind", "rank", "scaling"))
