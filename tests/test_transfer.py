@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,30 @@ def data(tmp_path: Path) -> dict[str, Path]:
 
 
 # -- configuration -------------------------------------------------------------------
+
+
+def test_auxiliary_loss_weights_default_per_kind():
+    # MLM's loss through a fresh vocabulary head is ~15x the task's: it defaults to 0.3.
+    assert [parse_aux(spec).weight for spec in ("mlm", "distill", "task:x.csv")] == [0.3, 1, 1]
+    config = TransferConfig(aux=(parse_aux("mlm"),), coupling="joint").validate()
+    assert config.aux[0].weight == 0.3
+    assert config.to_dict()["aux"][0]["weight"] == 0.3
+    assert replace(parse_aux("mlm"), weight=2.0).validate().weight == 2.0
+
+
+def test_a_run_without_auxiliary_tasks_points_to_the_unlabelled_rest(
+    tiny_models, data, tmp_path, capsys
+):
+    argv = ["prune", "--model", str(tiny_models["bert"]), "--train", str(data["train"]),
+            "--max-train-samples", "48", "--prune-max-steps", "2", "--final-max-steps", "1",
+            "--target-sparsity", "0.5", "--no-latency", "--no-onnx",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    unlabelled = json.loads((tmp_path / "out" / "report.json").read_text())["unlabelled_examples"]
+    assert unlabelled > 0
+    err = capsys.readouterr().err
+    assert f"hint: {unlabelled:,} rows of --train were left unlabelled" in err
+    assert "--aux distill (with --teacher or --distill) or --aux mlm" in err
 
 
 def test_schedules_weight_the_auxiliary_loss_as_named():

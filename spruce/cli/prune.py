@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from spruce.report.latency import RUNTIMES
 from spruce.train.distillation import DistillationConfig
 from spruce.transfer.config import (
     COUPLINGS,
+    DEFAULT_AUX_WEIGHTS,
     DEFAULT_WITH_AUX,
     SCHEDULES,
     TRANSFERS,
@@ -150,7 +152,9 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         action="append",
         metavar="W",
-        help="loss weight: one for every --aux, or one per --aux in order (default 1)",
+        help="loss weight: one for every --aux, or one per --aux in order (default: "
+        + ", ".join(f"{kind} {weight:g}" for kind, weight in DEFAULT_AUX_WEIGHTS.items())
+        + ")",
     )
     group.add_argument("--aux-text-columns", type=name_list, help="text column(s) of aux files")
     group.add_argument("--aux-label-column", help="label column of --aux task files")
@@ -193,7 +197,7 @@ def transfer_config(args: argparse.Namespace) -> TransferConfig:
     aux = []
     for index, spec in enumerate(specs):
         task = parse_aux(spec)
-        weight = weights[index if len(weights) > 1 else 0] if weights else 1.0
+        weight = weights[index if len(weights) > 1 else 0] if weights else task.weight
         aux.append(
             replace(
                 task,
@@ -269,6 +273,15 @@ def handle(args: argparse.Namespace) -> int:
             f"(FLOPs speed-up {report['flops']['speedup']}x" + _runtime_note(lat)
         )
     print(f"wrote {args.out}")
+    unused = report.get("unlabelled_examples", 0)
+    if unused and not args.aux and not args.quiet:
+        teacher = "" if args.teacher or args.distill else " (with --teacher or --distill)"
+        print(
+            f"hint: {unused:,} rows of --train were left unlabelled; --aux distill{teacher} "
+            "or --aux mlm learn from them while pruning (docs/results.md, 'Transfer from "
+            "auxiliary tasks')",
+            file=sys.stderr,
+        )
     return 0
 
 
