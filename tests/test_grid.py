@@ -372,6 +372,21 @@ def test_examples_plot_when_the_budget_varies(tmp_path: Path, fake) -> None:
     assert row in text
 
 
+def test_a_seed_field_does_not_split_a_configuration(tmp_path: Path, fake) -> None:
+    # train differs per seed (what was made for each seed), yet each configuration's runs
+    # are its seeds: one row with n = 2, shown with the field unfilled.
+    body = f"name: test\nout: {tmp_path / 'out'}\nseeds: [0, 1]\njobs: 2\nthreads: 1\n"
+    grid = "base:\n  train: train-s{seed}.tsv\ngrid:\n  coupling: [none, joint]\n"
+    spec = load_grid(write(tmp_path / "grid.yaml", body + grid), TABLE)
+    runs, out = expand(spec), tmp_path / "out"
+    assert [run.options["train"] for run in runs] == ["train-s0.tsv"] * 2 + ["train-s1.tsv"] * 2
+    run_grid(spec, runs, out, jobs=2, command=fake)
+    text = summarize(spec, runs, out, "spruce grid grid.yaml").read_text()
+    all_configs = text[text.index("## All configurations") :]
+    assert "| joint | 2 |" in all_configs and "| none | 2 |" in all_configs
+    assert "(n = 2)" in text and "--train 'train-s{seed}.tsv' --coupling joint" in text
+
+
 # --- command line -----------------------------------------------------------------------
 
 

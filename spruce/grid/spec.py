@@ -92,17 +92,20 @@ class GridSpec:
 @dataclass(frozen=True)
 class Run:
     """One ``spruce prune`` run: canonical options (as written in the YAML, without the
-    seed) and the grid-axis options that remain after canonicalisation."""
+    seed, ``{seed}`` filled in), the same options with ``{seed}`` left as written (shared
+    by every seed of the configuration) and the grid-axis options that remain after
+    canonicalisation."""
 
     id: str
     seed: int
     options: dict[str, Any]
     axes: dict[str, Any]
+    template: dict[str, Any]
 
     @property
     def config(self) -> str:
         """Identity of the configuration across seeds."""
-        return json.dumps(self.options, sort_keys=True, default=str)
+        return json.dumps(self.template, sort_keys=True, default=str)
 
     def directory(self, out: Path) -> Path:
         return Path(out) / "runs" / self.id
@@ -331,7 +334,13 @@ def expand(spec: GridSpec) -> list[Run]:
             slug = f"{slug}-{digest.hexdigest()[:6]}"
         ids.append(slug)
     return [
-        Run(id=f"{slug}-s{seed}", seed=seed, options=with_seed(canonical, seed), axes=axes)
+        Run(
+            id=f"{slug}-s{seed}",
+            seed=seed,
+            options=with_seed(canonical, seed),
+            axes=axes,
+            template=canonical,
+        )
         for seed in spec.seeds
         for slug, (canonical, axes) in zip(ids, settings, strict=True)
     ]

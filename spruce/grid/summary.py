@@ -150,7 +150,8 @@ def results_csv(spec: GridSpec, results: Sequence[RunResult]) -> str:
 def group(results: Sequence[RunResult], metric: str) -> list[Config]:
     configs: dict[str, Config] = {}
     for result in results:
-        config = configs.setdefault(result.run.config, Config(result.run.options, result.run.axes))
+        run = result.run
+        config = configs.setdefault(run.config, Config(run.template, run.axes))
         value = result.value(metric)
         if value is not None:
             config.values.append(value)
