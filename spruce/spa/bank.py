@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spruce.adapters import AdapterConfig, load_adapter_state
+from spruce.adapters.bank import TaskBankBase
 from spruce.compact import CompactModelForSequenceClassification, apply_masks, compact_model
 from spruce.errors import SpruceError
 from spruce.masks.units import UnitMasks
@@ -41,7 +42,7 @@ class _Task:
     masks: UnitMasks
 
 
-class TaskBank:
+class TaskBank(TaskBankBase["_Task"]):
     """Serve several adapted tasks from one base model.
 
     ``base`` (name or path, as for ``--model``) and ``adapter`` default to those recorded
@@ -55,14 +56,10 @@ class TaskBank:
         adapter: AdapterConfig | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        self._base = base
-        self._adapter = None if adapter is None else check_transformer_adapter(adapter)
+        super().__init__(base, None if adapter is None else check_transformer_adapter(adapter))
         self.device = torch.device(device)
-        self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._reference: BaseReference | None = None
-        self._tasks: dict[str, _Task] = {}
-        self._active: str | None = None
         self._handle = None
         if base is not None and adapter is not None:
             self._load_base(base)
@@ -81,40 +78,19 @@ class TaskBank:
         return UnitMasks() if self._active is None else self._tasks[self._active].masks
 
     @property
-    def model(self) -> PreTrainedModel:
-        """The shared adapted model, in the state of the active task."""
-        if self._model is None:
-            raise SpruceError("the bank has no task yet", "add a task first")
-        return self._model
-
-    @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         self.model  # noqa: B018 -- the same error when nothing is loaded
         assert self._tokenizer is not None
         return self._tokenizer
 
-    @property
-    def tasks(self) -> list[str]:
-        return list(self._tasks)
-
-    @property
-    def active(self) -> str | None:
-        return self._active
-
     # ----- tasks --------------------------------------------------------------------------
     def add(self, name: str, directory: str) -> None:
         """Read a ``spruce adapt`` output directory as task ``name``."""
-        if name in self._tasks:
-            raise SpruceError(f"the bank already has a task '{name}'", "choose another name")
+        self._check_new_name(name)
         record = load_task(directory)
         if self._adapter is None:
             self._adapter = check_transformer_adapter(record.adapter)
-        if record.adapter.to_dict() != self._adapter.to_dict():
-            raise SpruceError(
-                f"task {directory} uses adapter {record.adapter.describe()}, the bank holds "
-                f"{self._adapter.describe()}",
-                "put tasks adapted with the same adapter settings in one bank",
-            )
+        self._check_adapter(record.adapter, directory)
         if self._model is None:
             self._load_base(self._base or record.base.location())
         assert self._reference is not None
@@ -144,13 +120,10 @@ class TaskBank:
 
     def activate(self, name: str) -> None:
         """Make ``name`` the task the model computes (adapters, head, masks, labels)."""
-        if name not in self._tasks:
-            raise SpruceError(
-                f"the bank has no task '{name}'", f"tasks: {', '.join(self._tasks) or 'none'}"
-            )
+        task = self._task(name)
         if name == self._active:
             return
-        task, model = self._tasks[name], self.model
+        model = self.model
         with torch.no_grad():
             load_adapter_state(model, task.state)
             _load_head(model, task.head)

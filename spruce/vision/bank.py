@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from spruce.adapters import AdapterConfig
+from spruce.adapters.bank import TaskBankBase
 from spruce.errors import SpruceError
 from spruce.vision.adapt_model import adapt_cnn, classifier_name
 from spruce.vision.artifacts import TASK_META, CNNTask, apply_task, read_task, save_fused
@@ -34,7 +35,7 @@ REQUIRED_META = ("model", "num_classes", "class_names", "image_size", "adapter")
 TASK_ONLY_META = ("format", "plan", "adapter")
 
 
-class CNNTaskBank:
+class CNNTaskBank(TaskBankBase[CNNTask]):
     """Serve several adapted image tasks from one base CNN, on the CPU.
 
     ``base`` is a name (or weights path) as :func:`~spruce.vision.load_cnn` takes it and
@@ -51,28 +52,11 @@ class CNNTaskBank:
         *,
         loader: Callable[[str, int], nn.Module] = load_cnn,
     ) -> None:
-        self._base = base
-        self._adapter = None if adapter is None else AdapterConfig.from_dict(adapter.to_dict())
+        super().__init__(
+            base, None if adapter is None else AdapterConfig.from_dict(adapter.to_dict())
+        )
         self._given = (self._base, self._adapter)  # what a bank without tasks goes back to
         self._loader = loader
-        self._model: nn.Module | None = None
-        self._tasks: dict[str, CNNTask] = {}
-        self._active: str | None = None
-
-    @property
-    def model(self) -> nn.Module:
-        """The shared adapted model, in the state of the active task."""
-        if self._model is None:
-            raise SpruceError("the bank has no task yet", "add a task first")
-        return self._model
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(self._tasks)
-
-    @property
-    def active(self) -> str | None:
-        return self._active
 
     def meta(self, name: str) -> dict[str, Any]:
         """The task's ``task.json``: its classes, image size and input normalisation
@@ -86,8 +70,7 @@ class CNNTaskBank:
         A task that does not fit the bank (another base, other adapter settings, an
         inconsistent or damaged file) is refused here, by a trial activation, not when it
         is first used."""
-        if name in self._tasks:
-            raise SpruceError(f"the bank already has a task '{name}'", "choose another name")
+        self._check_new_name(name)
         task = read_task(directory)
         adapter = self._check_meta(task)
         if self._model is None:
@@ -157,13 +140,6 @@ class CNNTaskBank:
         return fused
 
     # ----- internals ----------------------------------------------------------------------
-    def _task(self, name: str) -> CNNTask:
-        if name not in self._tasks:
-            raise SpruceError(
-                f"the bank has no task '{name}'", f"tasks: {', '.join(self._tasks) or 'none'}"
-            )
-        return self._tasks[name]
-
     def _check_meta(self, task: CNNTask) -> AdapterConfig:
         """The task's adapter settings, once its task.json is found to fit the bank."""
         meta, path = task.meta, task.directory / TASK_META
@@ -180,12 +156,7 @@ class CNNTaskBank:
                 f"use the base the task was adapted from (--base {meta['model']})",
             )
         adapter = AdapterConfig.from_dict(meta["adapter"])
-        if self._adapter is not None and adapter.to_dict() != self._adapter.to_dict():
-            raise SpruceError(
-                f"task {task.directory} uses adapter {adapter.describe()}, the bank holds "
-                f"{self._adapter.describe()}",
-                "put tasks adapted with the same adapter settings in one bank",
-            )
+        self._check_adapter(adapter, task.directory)
         rows, classes, names = task.classifier["weight"].shape[0], meta["num_classes"], None
         if isinstance(meta["class_names"], list):
             names = len(meta["class_names"])
