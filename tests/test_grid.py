@@ -299,7 +299,7 @@ def test_example_grids_expand(tmp_path: Path) -> None:
     rte = load_grid(REPO / "examples" / "grids" / "rte-transfer.yaml", table)
     runs = expand(rte)
     assert len(runs) == 7 * 3
-    assert "joint-mlm+task-sst2-train-s2" in {r.id for r in runs}
+    assert "joint-both-mlm+task-sst2-train-0.3+1.0-s2" in {r.id for r in runs}
 
 
 # --- execution and summary --------------------------------------------------------------
