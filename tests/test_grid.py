@@ -20,6 +20,7 @@ from spruce.cli.main import main
 from spruce.errors import SpruceError
 from spruce.grid import expand, load_grid, run_grid, summarize
 from spruce.grid import runner as grid_runner
+from spruce.grid.plots import _lines, plot_metric_vs_examples
 from spruce.grid.prune_cli import FLAG, REPEAT, VALUE, PruneOption, prune_options, resolve_path
 from spruce.grid.runner import command_for
 
@@ -370,6 +371,24 @@ def test_examples_plot_when_the_budget_varies(tmp_path: Path, fake) -> None:
     # The budget is not a transfer choice: each joint run is compared with its own none.
     row = "| max-train-samples=100 | coupling=joint | 73.20 ± 0.14 | 2 | 66.20 ± 0.14 | +7.00 |"
     assert row in text
+
+
+def test_an_option_made_for_each_budget_stays_on_its_budgets_line(tmp_path: Path) -> None:
+    # Each budget has its own teacher (fine-tuned on that sample): the teacher changes with
+    # the budget alone, so each coupling is still one line over the budgets.
+    configs = [
+        ({"coupling": coupling, "max-train-samples": n, "teacher": f"t-n{n}"}, [70.0 + n / 100])
+        for coupling in ("none", "joint")
+        for n in (250, 1000, 4000)
+    ]
+    lines = _lines(configs, "max-train-samples")
+    assert lines is not None and len(lines) == 2
+    assert sorted(line[0]["coupling"] for line in lines) == ["joint", "none"]
+    assert all(sorted(line[1]) == [250.0, 1000.0, 4000.0] for line in lines)
+    assert plot_metric_vs_examples(configs, "accuracy", tmp_path / "e.png").is_file()
+    # An option that also differs between lines at one budget is a line's own setting.
+    mixed = [*configs, ({"coupling": "tied", "max-train-samples": 250, "teacher": "t-x"}, [1.0])]
+    assert len(_lines(mixed, "max-train-samples")) == 7
 
 
 def test_a_seed_field_does_not_split_a_configuration(tmp_path: Path, fake) -> None:

@@ -89,14 +89,36 @@ def _lines(configs: Sequence[ConfigValues], x: str) -> list[Line] | None:
     """Configurations that differ only in ``x``, joined into lines; None if ``x`` takes
     fewer than two values."""
     lines: dict[str, Line] = {}
+    tied = _tied_to(configs, x)
     for options, values in configs:
         if x not in options or not values:
             continue
-        rest = {k: v for k, v in options.items() if k != x}
+        rest = {k: v for k, v in options.items() if k != x and k not in tied}
         key = json.dumps(rest, sort_keys=True, default=str)
         lines.setdefault(key, (rest, {}))[1].setdefault(float(options[x]), []).extend(values)
     xs = {point for _, points in lines.values() for point in points}
     return list(lines.values()) if len(xs) > 1 else None
+
+
+def _tied_to(configs: Sequence[ConfigValues], x: str) -> set[str]:
+    """Options that change with ``x`` and with nothing else, such as the teacher made for
+    each labelled-data budget: they belong to the point, not to the line, or every
+    point would be a line of its own."""
+    seen: dict[str, dict[str, set[str]]] = {}
+    for options, _ in configs:
+        if x not in options:
+            continue
+        point = json.dumps(options[x], default=str)
+        for key, value in options.items():
+            if key != x:
+                values = seen.setdefault(key, {}).setdefault(point, set())
+                values.add(json.dumps(value, sort_keys=True, default=str))
+    return {
+        key
+        for key, by_point in seen.items()
+        if all(len(values) == 1 for values in by_point.values())
+        and len(set().union(*by_point.values())) > 1
+    }
 
 
 def _score(line: Line) -> float:
