@@ -293,7 +293,13 @@ def test_example_grids_expand(tmp_path: Path) -> None:
     table = {**TABLE, **prune_options()}
     sst2 = load_grid(REPO / "examples" / "grids" / "sst2-transfer.yaml", table)
     assert len(expand(sst2)) == 7 * 3
-    counts = {"sst2-schedule": 5, "sst2-examples": 8, "rte-examples": 8, "sst2-aux-weight": 4}
+    counts = {
+        "sst2-schedule": 5,
+        "sst2-examples": 8,
+        "rte-examples": 8,
+        "sst2-aux-weight": 4,
+        "sst2-distill-couplings": 4,
+    }
     for name, configurations in counts.items():
         spec = load_grid(REPO / "examples" / "grids" / f"{name}.yaml", table)
         assert len(expand(spec)) == configurations * 3, name
