@@ -30,7 +30,7 @@ RUNTIME_SETTINGS = (
 
 @dataclass
 class CNNAdaptConfig:
-    """One task: data, schedule, pruning and adapter settings (see the module docstring).
+    """One task: data, schedule, pruning and adapter settings (see :mod:`spruce.vision.adapt`).
 
     ``target_sparsity`` is the fraction of the prunable conv/linear parameters (classifier
     excluded, as :func:`~spruce.vision.prunable_parameter_count` counts them) to remove;
