@@ -48,3 +48,26 @@ def test_accounting_matches_the_compact_model(tiny_models, seed):
         for h, f in zip(compact.config.layer_heads, compact.config.layer_ffn, strict=True)
     ]
     assert structure["hidden"] == compact.config.hidden_size
+
+
+def test_gates_never_give_a_model_that_ignores_its_input(tiny_models):
+    """Why the head floor exists: with every head removed the [CLS] token reads no other
+    token, so the classifier sees the same vector for every input."""
+    from spruce.masks import EncoderGates
+
+    torch.manual_seed(0)
+    model, _, _ = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    shape = encoder_shape(model.config)
+    gates = EncoderGates(shape)
+    with torch.no_grad():
+        gates.gates["head"].log_alpha.fill_(-9.0)
+    masks = gates.deterministic_masks(0.5)
+    headless = UnitMasks(**{**dict(masks.items()), "head": torch.zeros_like(masks.head)})
+    ids = torch.randint(5, model.config.vocab_size, (2, 8))
+    ids[:, 0] = 2  # the same first token in both rows
+    attention = torch.ones_like(ids)
+    with torch.no_grad():
+        blind = compact_model(model, headless).compact(ids, attention).last_hidden_state[:, 0]
+        kept = compact_model(model, masks).compact(ids, attention).last_hidden_state[:, 0]
+    assert torch.equal(blind[0], blind[1])  # what the classifier reads: the same for both
+    assert (kept[0] - kept[1]).abs().max() > 1e-5  # ~100x float32 noise at this scale

@@ -242,3 +242,40 @@ def test_size_multiple_round_trips_and_rejects_zero():
     assert EncoderGates.from_config(json.loads(json.dumps(gates.config))).size_multiple == 8
     with pytest.raises(SpruceError, match="size_multiple"):
         EncoderGates(shape, size_multiple=0)
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_a_structure_without_attention_keeps_its_most_trusted_head(correct):
+    shape = EncoderShape(4, 64, 16, (4,) * 4, (128,) * 4)
+    gates = EncoderGates(shape)
+    set_log_alpha(gates, head=-9.0)
+    with torch.no_grad():
+        gates.gates["head"].log_alpha[2, 3] = -6.0  # the least hopeless head
+    masks = gates.deterministic_masks(0.8, correct=correct)
+    kept = (masks.head > 0).nonzero().tolist()
+    assert kept == [[2, 3]]
+    assert masks.mha_layer[2] > 0
+    if correct:  # the head is paid for by other units: the target still holds
+        assert sparsity_from_masks(masks, shape) == pytest.approx(0.8, abs=0.005)
+
+
+def test_the_kept_head_sits_in_a_kept_attention_block():
+    gates = EncoderGates(SHAPE)
+    # Layer 0 holds the best head but its block is the least trusted; layer 1 has the
+    # best block with a slightly worse head: the product of the two picks layer 1.
+    set_log_alpha(gates, head=-9.0, mha_layer=torch.tensor([-9.0, 3.0, -9.0]))
+    with torch.no_grad():
+        gates.gates["head"].log_alpha[0, 0] = -4.0
+        gates.gates["head"].log_alpha[1, 2] = -5.0
+    masks = gates.deterministic_masks(0.7)
+    alive = (masks.head > 0) & (masks.mha_layer > 0).unsqueeze(1)
+    assert alive.nonzero().tolist() == [[1, 2]]
+
+
+def test_structures_that_keep_attention_get_no_extra_head():
+    gates = EncoderGates(SHAPE)
+    set_log_alpha(gates, head=torch.tensor([[-9.0] * 4, [4.0, -9.0, -9.0, -9.0], [-9.0] * 4]))
+    with torch.no_grad():
+        gates.gates["head"].log_alpha[2, 0] = -5.0  # would be the floor's pick if needed
+    masks = gates.deterministic_masks(correct=False)
+    assert (masks.head > 0).nonzero().tolist() == [[1, 0]]

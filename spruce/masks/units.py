@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 import torch
 
 UNIT_TYPES = ("head", "mha_layer", "ffn_neuron", "ffn_layer", "hidden")
+PER_LAYER_UNITS = ("head", "ffn_neuron")  # 2-D gates whose groups are rows (layers)
 
 
 @dataclass
