@@ -84,7 +84,12 @@ def _kept_blocks(gates: EncoderGates, counts: Mapping[str, int | list[int]]) -> 
     if "mha_layer" not in gates.gates:
         return [True] * layers
     order = rank_descending(gates.gates["mha_layer"].log_alpha.detach()).tolist()
-    kept = set(order[: int(counts["mha_layer"])])  # type: ignore[arg-type]
+    return _first_of(order, int(counts["mha_layer"]), layers)  # type: ignore[arg-type]
+
+
+def _first_of(order: list[int], count: int, layers: int) -> list[bool]:
+    """Per layer, whether it is among the first ``count`` of the block ranking ``order``."""
+    kept = set(order[:count])
     return [layer in kept for layer in range(layers)]
 
 
@@ -136,10 +141,7 @@ class GreedySizeCorrection:
     def _alive(self, block: str) -> list[bool]:
         if block not in self.layer_order:
             return [True] * self.layers
-        alive = [False] * self.layers
-        for layer in self.layer_order[block][: self.counts[block, 0]]:
-            alive[layer] = True
-        return alive
+        return _first_of(self.layer_order[block], self.counts[block, 0], self.layers)
 
     def run(self, aim: float) -> dict[str, int | list[int]]:
         while True:
