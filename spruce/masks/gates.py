@@ -181,7 +181,7 @@ class EncoderGates(nn.Module):
             aim = float(expected_encoder_params(self).detach())
         else:
             aim = (1.0 - float(target_sparsity)) * dense_encoder_params(self.shape)
-        counts = self._corrected(rounded, aim, {}) if correct else rounded
+        counts = self._corrected(rounded, aim, {}, correct)
         if not reads_input(self, counts):
             floors = attention_floors(self)
             counts = self._corrected(raise_to_floors(rounded, floors), aim, floors, correct)
