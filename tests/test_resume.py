@@ -389,6 +389,51 @@ def test_checkpoint_of_another_configuration_is_refused(
     assert main([*argv, "--resume", "--checkpoint-steps", "5"]) == 0
 
 
+def _written_before(directory: Path, setting: str) -> None:
+    """Rewrite ``run.json`` as a spruce release without ``setting`` (``section.name``)
+    would have written it: the setting absent, the fingerprint computed without it."""
+    path = directory / "run.json"
+    run = json.loads(path.read_text())
+    section, name = setting.split(".")
+    del run["configuration"][section][name]
+    run["fingerprint"] = checkpoint_module.configuration_fingerprint(run["configuration"])
+    path.write_text(json.dumps(run))
+
+
+def test_checkpoint_older_than_a_setting_resumes_at_its_default(
+    tiny_models, data, references, tmp_path, monkeypatch, capsys
+):
+    kind, extra = CASES["prune-rounds"]
+    out = tmp_path / "out"
+    argv = command(kind, tiny_models["bert"], data, out, *extra)
+    with monkeypatch.context() as patch:
+        crash_after_save(patch, "final", 3)
+        with pytest.raises(Crash):
+            main(argv)
+    directory = checkpoint_dir(out)
+    _written_before(directory, "prune.latency_runtime")
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert capsys.readouterr().err == (
+        f"spruce: the checkpoint in {directory} predates prune.latency_runtime; "
+        "continuing with the default\n"
+    )
+    assert_same_run(out, references["prune-rounds"])
+
+
+def test_checkpoint_older_than_a_setting_needs_the_other_settings_equal(
+    tiny_models, data, tmp_path, monkeypatch, capsys
+):
+    argv = command("finetune", tiny_models["bert"], data, tmp_path / "out", *FINETUNE)
+    directory = _leave_a_checkpoint(argv, monkeypatch)
+    _written_before(directory, "train.max_steps")
+    capsys.readouterr()
+    # max_steps is at 10, not its default: absent from the checkpoint, it differs.
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "written with train.max_steps (no such setting), this run has 10" in err
+
+
 def test_existing_checkpoint_needs_resume_or_overwrite(
     tiny_models, data, tmp_path, monkeypatch, capsys
 ):
@@ -628,3 +673,22 @@ def test_image_task_checkpoint_of_another_configuration_is_refused(
     # Output and runtime settings may change between attempts.
     assert main([*argv, "--checkpoint-steps", "5", "--resume"]) == 0
     assert not directory.exists() and (tmp_path / "out" / "report.json").is_file()
+
+
+def test_only_settings_added_at_their_default_pass_the_fingerprint(tmp_path):
+    written = {"command": "prune", "lr": 0.1, "prune": {"kept": 2}}
+    Checkpointer.for_configuration(tmp_path, written).write(
+        "00-prune.pt", {"format": checkpoint_module.FORMAT, "products": {}}
+    )
+
+    def resume(configuration):
+        defaults = {"prune": {"new": 0}, "lr": 0.5}
+        Checkpointer.for_configuration(tmp_path, configuration, defaults=defaults).resume()
+
+    resume({**written, "prune": {"kept": 2, "new": 0}})  # added, at its default
+    with pytest.raises(SpruceError, match=r"prune\.new \(no such setting\), this run has 1"):
+        resume({**written, "prune": {"kept": 2, "new": 1}})  # added, not at its default
+    with pytest.raises(SpruceError, match=r"written with lr 0\.1, this run has \(no such"):
+        resume({"command": "prune", "prune": {"kept": 2, "new": 0}})  # one removed
+    with pytest.raises(SpruceError, match=r"lr 0\.1, this run has 0\.5"):
+        resume({**written, "lr": 0.5, "prune": {"kept": 2, "new": 0}})  # one changed

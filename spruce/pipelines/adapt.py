@@ -59,6 +59,7 @@ from spruce.spa.wiring import (
 from spruce.train import Trainer, TrainResult, classification_loss, evaluate
 from spruce.train.checkpoint import Checkpointer, phase_checkpoint
 from spruce.utils.atomic import staged_output_dir
+from spruce.utils.fields import at_defaults
 
 __all__ = ["AdaptConfig", "AdaptRun", "run_adapt"]
 
@@ -72,16 +73,24 @@ class AdaptRun(RunSettings):
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
-def run_adapt(run: AdaptRun) -> dict[str, Any]:
-    start = time.perf_counter()
-    settings = run.adapt.validate()
-    configuration = {
+def _configuration(run: AdaptRun, settings: AdaptConfig) -> dict[str, Any]:
+    """The report's ``config`` section (``settings``: the validated adapter settings),
+    which the checkpoint's fingerprint covers too."""
+    return {
         "adapt": settings.to_dict(),
         "train": run.train.to_dict(),
         "data": asdict(run.data),
         "max_length": run.max_length,
     }
-    device, task, checkpoint = begin_run(run, "adapt", configuration)
+
+
+def run_adapt(run: AdaptRun) -> dict[str, Any]:
+    start = time.perf_counter()
+    settings = run.adapt.validate()
+    configuration = _configuration(run, settings)
+    default_run = at_defaults(run)
+    defaults = _configuration(default_run, default_run.adapt.validate())
+    device, task, checkpoint = begin_run(run, "adapt", configuration, defaults)
     model, tokenizer, source = load_classifier(run.model, task.label_names)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
     dense_reference = copy.deepcopy(model).eval()

@@ -73,11 +73,16 @@ class CheckpointSettings(Protocol):
 
 
 def begin_run(
-    run: RunSettings, command: str, configuration: dict[str, Any]
+    run: RunSettings,
+    command: str,
+    configuration: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
 ) -> tuple[torch.device, TaskData, Checkpointer | None]:
     """What every training command does first, before any slow work: validate settings,
     refuse an ``--out`` that may not be written, open the checkpoint, fix threads, device
-    and seed, read data. ``configuration`` is the report's ``config`` section.
+    and seed, read data. ``configuration`` is the report's ``config`` section; ``defaults``
+    the same section with every optional setting at its default (see
+    :func:`open_checkpoint`).
 
     Under ``torchrun`` each process joins the process group here; all are seeded alike
     (gates start equal), rank 0 alone prepares the checkpoint directory."""
@@ -86,7 +91,7 @@ def begin_run(
         check_output_dir(Path(run.out), run.overwrite)
     distributed = context()
     distributed.init()
-    checkpoint = open_checkpoint(run, command, configuration)
+    checkpoint = open_checkpoint(run, command, configuration, defaults)
     distributed.barrier()  # rank 0 may have removed a stale checkpoint
     if run.threads:
         torch.set_num_threads(run.threads)
@@ -96,12 +101,17 @@ def begin_run(
 
 
 def open_checkpoint(
-    run: CheckpointSettings, command: str, configuration: dict[str, Any]
+    run: CheckpointSettings,
+    command: str,
+    configuration: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
 ) -> Checkpointer | None:
     """The run's checkpoint in ``<out>.checkpoint``: adopted with ``resume``, removed with
     ``overwrite``, otherwise refused if present (it belongs to an unfinished run). Its
     fingerprint covers the command, the model and ``configuration``; output and runtime
-    settings (``--out``, ``--threads``, ``--device``, ...) may change between attempts."""
+    settings (``--out``, ``--threads``, ``--device``, ...) may change between attempts.
+    A setting the checkpoint predates is taken as its value in ``defaults`` (the layout of
+    ``configuration``), so a checkpoint outlives spruce releases that add settings."""
     if run.out is None:
         return None
     if run.checkpoint_steps < 0:
@@ -113,7 +123,10 @@ def open_checkpoint(
         )
     directory = checkpoint_dir(run.out)
     settings = {"command": command, "model": run.model, **configuration}
-    checkpoint = Checkpointer.for_configuration(directory, settings, run.checkpoint_steps)
+    default_settings = {"command": command, "model": run.model, **(defaults or {})}
+    checkpoint = Checkpointer.for_configuration(
+        directory, settings, run.checkpoint_steps, default_settings
+    )
     if checkpoint.exists() and run.resume:
         checkpoint.resume()
         return checkpoint

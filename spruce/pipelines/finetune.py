@@ -21,6 +21,7 @@ from spruce.train import Trainer, evaluate
 from spruce.train.checkpoint import phase_checkpoint
 from spruce.train.distributed import context
 from spruce.utils.atomic import staged_output_dir
+from spruce.utils.fields import at_defaults
 
 
 @dataclass
@@ -28,15 +29,17 @@ class FinetuneRun(RunSettings):
     """One ``spruce finetune``: the shared run settings, nothing more."""
 
 
+def _configuration(run: FinetuneRun) -> dict[str, Any]:
+    """The report's ``config`` section, which the checkpoint's fingerprint covers too."""
+    return {"train": run.train.to_dict(), "data": asdict(run.data), "max_length": run.max_length}
+
+
 def run_finetune(run: FinetuneRun) -> dict[str, Any]:
     """Fine-tune, evaluate and (with ``out``) write ``model/``, ``report.json`` and the curve."""
     start = time.perf_counter()
-    configuration = {
-        "train": run.train.to_dict(),
-        "data": asdict(run.data),
-        "max_length": run.max_length,
-    }
-    device, task, checkpoint = begin_run(run, "finetune", configuration)
+    configuration = _configuration(run)
+    defaults = _configuration(at_defaults(run))
+    device, task, checkpoint = begin_run(run, "finetune", configuration, defaults)
     model, tokenizer, source = load_classifier(run.model, task.label_names)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
 

@@ -60,6 +60,7 @@ from spruce.transfer.coupling import (
 )
 from spruce.transfer.objective import build_objective
 from spruce.utils.atomic import staged_output_dir
+from spruce.utils.fields import at_defaults
 
 
 @dataclass
@@ -70,19 +71,25 @@ class PruneRun(RunSettings):
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
-def run_prune(run: PruneRun) -> dict[str, Any]:
-    start = time.perf_counter()
-    run.prune.validate()
-    run.transfer.validate()
-    check_compatible(run.transfer, run.prune)
-    configuration = {
+def _configuration(run: PruneRun) -> dict[str, Any]:
+    """The report's ``config`` section, which the checkpoint's fingerprint covers too."""
+    return {
         "prune": run.prune.to_dict(),
         "transfer": run.transfer.to_dict(),
         "train": run.train.to_dict(),
         "data": asdict(run.data),
         "max_length": run.max_length,
     }
-    device, task, checkpoint = begin_run(run, "prune", configuration)
+
+
+def run_prune(run: PruneRun) -> dict[str, Any]:
+    start = time.perf_counter()
+    run.prune.validate()
+    run.transfer.validate()
+    check_compatible(run.transfer, run.prune)
+    configuration = _configuration(run)
+    defaults = _configuration(at_defaults(run))
+    device, task, checkpoint = begin_run(run, "prune", configuration, defaults)
     check_distill_texts(run.transfer, task)
     student, tokenizer, source = _initial_model(run, task)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)

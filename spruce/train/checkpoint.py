@@ -5,7 +5,9 @@ complete, at the very end (``spruce.utils.atomic``), and the checkpoint is delet
 it has. The directory holds
 
 - ``run.json``: the command, its configuration and the configuration's fingerprint, so
-  that a checkpoint is never continued with other settings;
+  that a checkpoint is never continued with other settings. A setting added to spruce
+  after the checkpoint was written is absent from it and counts as its default: such a
+  checkpoint continues when this run leaves the new setting at that default;
 - ``NN-<phase>.pt``: one file per training phase, numbered in the order the run reaches
   them. A phase's file is rewritten every ``every_steps`` steps while it trains (the full
   :class:`~spruce.train.Trainer` state) and once more when it ends (``finished``: what
@@ -30,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -109,11 +112,13 @@ class Checkpointer:
         fingerprint: str,
         every_steps: int = DEFAULT_EVERY_STEPS,
         configuration: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.fingerprint = fingerprint
         self.every_steps = int(every_steps)
         self.configuration = _as_json(configuration or {})
+        self.defaults = _flatten(_as_json(defaults or {}))
         self.products: dict[str, Any] = {}
         self._phases = 0
         self._cache: dict[str, dict[str, Any]] = {}
@@ -125,8 +130,12 @@ class Checkpointer:
         directory: str | Path,
         configuration: Mapping[str, Any],
         every_steps: int = DEFAULT_EVERY_STEPS,
+        defaults: Mapping[str, Any] | None = None,
     ) -> Checkpointer:
-        return cls(directory, configuration_fingerprint(configuration), every_steps, configuration)
+        """``defaults``: the configuration with every optional setting at its default, in
+        the same layout; a setting the checkpoint lacks is compared with it."""
+        fingerprint = configuration_fingerprint(configuration)
+        return cls(directory, fingerprint, every_steps, configuration, defaults)
 
     def exists(self) -> bool:
         """Whether a run has saved a phase here (without one, the directory holds at most
@@ -143,7 +152,16 @@ class Checkpointer:
         configuration, drop unfinished temporary files, read the stored products."""
         saved = self._read_run_file()
         if saved.get("fingerprint") != self.fingerprint:
-            raise _mismatch(self.directory, saved.get("configuration") or {}, self.configuration)
+            before = _flatten(saved.get("configuration") or {})
+            added, changed = _differences(before, _flatten(self.configuration), self.defaults)
+            if changed or not added or not before:
+                raise _mismatch(self.directory, before, _flatten(self.configuration), changed)
+            if is_main():
+                print(
+                    f"spruce: the checkpoint in {self.directory} predates "
+                    f"{' and '.join(added)}; continuing with the default",
+                    file=sys.stderr,
+                )
         self._run_written = True
         for stale in self.directory.glob(".*.tmp-*"):
             with contextlib.suppress(OSError):
@@ -327,13 +345,25 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _mismatch(directory: Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> SpruceError:
-    before, now = _flatten(saved), _flatten(current)
-    names = [
-        name
-        for name in sorted(set(before) | set(now))
-        if before.get(name, _MISSING) != now.get(name, _MISSING)
+def _differences(
+    before: Mapping[str, Any], now: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The flat settings that differ between a checkpoint and this run, in two lists:
+    those added since the checkpoint and left at their default here, and the others."""
+    names = sorted(set(before) | set(now))
+    differing = [n for n in names if before.get(n, _MISSING) != now.get(n, _MISSING)]
+    added = [
+        n
+        for n in differing
+        if n not in before and defaults.get(n, _MISSING) == now.get(n, _MISSING)
     ]
+    return added, [n for n in differing if n not in added]
+
+
+def _mismatch(
+    directory: Path, before: Mapping[str, Any], now: Mapping[str, Any], names: list[str]
+) -> SpruceError:
+    """The refusal naming the settings in ``names`` (flat, as in ``before`` and ``now``)."""
     fix = f"rerun with the same options, or remove {directory} to start again"
     if not names:
         return SpruceError(f"the checkpoint in {directory} was written by another run", fix)

@@ -123,3 +123,22 @@ def _describe(hint: Any) -> str:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def at_defaults(settings: Any) -> Any:
+    """A copy of the dataclass instance ``settings`` with every field that has a default
+    set to it. A field without one keeps its value, and a dataclass in it is reset in
+    turn: the settings a run would have had if it had chosen nothing it could leave out."""
+    changes = {}
+    for spec in dataclasses.fields(settings):
+        if not spec.init:
+            continue
+        if spec.default is not dataclasses.MISSING:
+            changes[spec.name] = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            changes[spec.name] = spec.default_factory()
+        else:
+            value = getattr(settings, spec.name)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                changes[spec.name] = at_defaults(value)
+    return dataclasses.replace(settings, **changes)

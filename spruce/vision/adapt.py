@@ -49,6 +49,7 @@ from spruce.report.writer import write_report
 from spruce.train.checkpoint import Checkpointer, phase_checkpoint, remember
 from spruce.train.seeding import seed_everything
 from spruce.utils.atomic import check_output_dir, staged_output_dir
+from spruce.utils.fields import at_defaults
 from spruce.vision.adapt_model import (
     adapt_cnn,
     classifier_name,
@@ -163,7 +164,8 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
     config.validate()
     out = Path(config.out)
     check_output_dir(out, config.overwrite)
-    checkpoint = open_checkpoint(config, "adapt", config.fingerprinted())
+    defaults = at_defaults(config).fingerprinted()
+    checkpoint = open_checkpoint(config, "adapt", config.fingerprinted(), defaults)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
