@@ -467,6 +467,22 @@ def test_cli_dry_run_summary_only_and_exit_codes(capsys, tmp_path, fake, monkeyp
     assert json.loads((out / "runs" / "taylor-s1" / "report.json").read_text())["metrics"]
 
 
+def test_cli_seeds_replace_the_yamls(capsys, tmp_path, fake, monkeypatch) -> None:
+    monkeypatch.setattr(grid_runner, "command_for", fake)
+    path = grid_file(tmp_path, "  method: [magnitude, taylor]\n")
+    out = tmp_path / "out"
+    code, _, _ = run_cli(capsys, ["grid", path, "--out", out, "--seeds", "1", "7"])
+    assert code == 0 and len(fake.launches()) == 4
+    assert sorted(p.name for p in (out / "runs").glob("*/")) == [
+        "magnitude-s1", "magnitude-s7", "taylor-s1", "taylor-s7"
+    ]  # fmt: skip
+    assert "--seeds 1 7" in (out / "report.md").read_text()
+    code, _, err = run_cli(capsys, ["grid", path, "--seeds", "1", "1"])
+    assert code == 2 and err == (
+        "spruce: error: --seeds lists a seed twice: [1, 1]; give each seed once\n"
+    )
+
+
 FAKE_ADAPT = """
 import json, pathlib, sys
 args = sys.argv[1:]

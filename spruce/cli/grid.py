@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -36,6 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cluster, whose resources alone decide without it",
     )
     parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="run and summarise these seeds instead of the YAML's 'seeds:' (to split a grid "
+        "across machines, or add seeds to a finished one)",
+    )
+    parser.add_argument(
         "--backend",
         choices=("local", "ray"),
         help="where runs are launched: 'local' processes (the default) or one Ray task per "
@@ -66,6 +75,10 @@ def handle(args: argparse.Namespace) -> int:
     from spruce.grid.runner import read_failure
 
     spec = load_grid(args.grid_file)
+    if args.seeds is not None:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise SpruceError(f"--seeds lists a seed twice: {args.seeds}", "give each seed once")
+        spec = dataclasses.replace(spec, seeds=list(args.seeds))
     out = args.out or spec.out
     if out is None:
         raise SpruceError(
@@ -122,6 +135,8 @@ def _command(args: argparse.Namespace) -> str:
         words += ["--out", str(args.out)]
     if args.jobs is not None:
         words += ["--jobs", str(args.jobs)]
+    if args.seeds is not None:
+        words += ["--seeds", *map(str, args.seeds)]
     if args.backend is not None:
         words += ["--backend", args.backend]
     if args.ray_address is not None:
