@@ -153,9 +153,10 @@ class Checkpointer:
         saved = self._read_run_file()
         if saved.get("fingerprint") != self.fingerprint:
             before = _flatten(saved.get("configuration") or {})
-            added, changed = _differences(before, _flatten(self.configuration), self.defaults)
+            now = _flatten(self.configuration)
+            added, changed = _differences(before, now, self.defaults)
             if changed or not added or not before:
-                raise _mismatch(self.directory, before, _flatten(self.configuration), changed)
+                raise _mismatch(self.directory, before, now, changed)
             if is_main():
                 print(
                     f"spruce: the checkpoint in {self.directory} predates "
