@@ -20,7 +20,8 @@ from spruce.cli.main import main
 from spruce.errors import SpruceError
 from spruce.grid import expand, load_grid, run_grid, summarize
 from spruce.grid import runner as grid_runner
-from spruce.grid.plots import _lines, plot_metric_vs_examples
+from spruce.grid import summary as grid_summary
+from spruce.grid.plots import EXAMPLES, _lines, dense_line, plot_metric_vs_examples
 from spruce.grid.prune_cli import FLAG, REPEAT, VALUE, PruneOption, prune_options, resolve_path
 from spruce.grid.runner import command_for
 
@@ -36,6 +37,7 @@ KINDS = {
     "aux-schedule": VALUE,
     "tie-strength": VALUE,
     "aux": REPEAT,
+    "teacher": VALUE,
     "quiet": FLAG,
     "trim-vocab": FLAG,
     "no-latency": FLAG,
@@ -88,6 +90,9 @@ report = {
                  "schedule": one("aux-schedule", "constant"), "aux": []},
     "config": {"data": {"max_train_samples": examples}},
 }
+if "teacher" in opts:  # spruce prune evaluates the dense teacher beside the pruned model
+    dense = 0.8 + examples / 1e5 + 0.002 * int(one("seed", "0"))
+    report["dense_metrics"] = {"test": {"accuracy": round(dense, 6)}}
 out.mkdir(parents=True, exist_ok=True)
 (out / "report.json").write_text(json.dumps(report))
 """
@@ -377,6 +382,41 @@ def test_examples_plot_when_the_budget_varies(tmp_path: Path, fake) -> None:
     # The budget is not a transfer choice: each joint run is compared with its own none.
     row = "| max-train-samples=100 | coupling=joint | 73.20 ± 0.14 | 2 | 66.20 ± 0.14 | +7.00 |"
     assert row in text
+
+
+def test_the_dense_teacher_is_reported_beside_the_pruned_runs(tmp_path: Path, fake) -> None:
+    grid = """\
+      coupling: [none, joint]
+      budget:
+        - {max-train-samples: 100, teacher: t100}
+        - {max-train-samples: 1000, teacher: t1000}
+    """
+    spec = load_grid(grid_file(tmp_path, textwrap.indent(textwrap.dedent(grid), "  ")), TABLE)
+    runs, out = expand(spec), tmp_path / "out"
+    run_grid(spec, runs, out, jobs=2, command=fake)
+    text = summarize(spec, runs, out, "spruce grid grid.yaml").read_text()
+    rows = {row["run"]: row for row in read_csv(out / "results.csv")}
+    assert {float(row["dense_accuracy"]) for row in rows.values()} == {0.801, 0.803, 0.81, 0.812}
+    assert "its dense teacher (not pruned) scores 81.10 ± 0.14." in text
+    assert "| +7.00 | 81.10 ± 0.14 |" in text  # the per-budget table has a teacher column
+
+    results = grid_summary.collect(spec, runs, out)
+    configs = grid_summary.group(results, "accuracy")
+    lines = _lines([(c.options, c.values) for c in configs], EXAMPLES)
+    none = next(line for line in lines if line[0]["coupling"] == "none")
+    teacher = dense_line([(c.options, c.dense) for c in configs], EXAMPLES, none)
+    # One score per seed at each budget, though two couplings distilled from each teacher.
+    assert teacher is not None and teacher[1] == {100.0: [0.801, 0.803], 1000.0: [0.81, 0.812]}
+    assert (out / "metric_vs_examples.png").is_file()
+
+
+def test_a_grid_without_teachers_has_no_dense_column_values(tmp_path: Path, fake) -> None:
+    spec = load_grid(grid_file(tmp_path, "  coupling: [none, joint]\n"), TABLE)
+    runs, out = expand(spec), tmp_path / "out"
+    run_grid(spec, runs, out, jobs=2, command=fake)
+    text = summarize(spec, runs, out, "spruce grid grid.yaml").read_text()
+    assert {row["dense_accuracy"] for row in read_csv(out / "results.csv")} == {""}
+    assert "dense teacher" not in text
 
 
 def test_an_option_made_for_each_budget_stays_on_its_budgets_line(tmp_path: Path) -> None:

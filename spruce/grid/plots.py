@@ -4,6 +4,8 @@ A figure is drawn only where its axis takes more than one value in the grid; a l
 choice would otherwise be a single point. Each line is one configuration (its seeds
 averaged, error bars = sample std over seeds), chosen as the best of its kind by mean
 over the line's points, so a figure shows what each coupling can do at its best setting.
+Where the runs distilled from a dense teacher, its score is drawn as a dashed line: the
+distance that pruning, with or without transfer, leaves to the model it started from.
 """
 
 from __future__ import annotations
@@ -29,12 +31,19 @@ ConfigValues = tuple[Mapping[str, Any], Sequence[float]]
 Line = tuple[dict[str, Any], dict[float, list[float]]]
 
 
-def plot_grid(configs: Sequence[ConfigValues], metric: str, folder: Path) -> list[Path]:
-    """Every figure that applies to this grid; returns the paths written."""
+def plot_grid(
+    configs: Sequence[ConfigValues],
+    metric: str,
+    folder: Path,
+    dense: Sequence[ConfigValues] = (),
+) -> list[Path]:
+    """Every figure that applies to this grid; returns the paths written. ``dense`` holds,
+    per configuration that had a teacher, the teacher's scores (one per seed)."""
     written = []
+    folder = Path(folder)
     for path in (
-        plot_metric_vs_sparsity(configs, metric, Path(folder) / "metric_vs_sparsity.png"),
-        plot_metric_vs_examples(configs, metric, Path(folder) / "metric_vs_examples.png"),
+        plot_metric_vs_sparsity(configs, metric, folder / "metric_vs_sparsity.png", dense),
+        plot_metric_vs_examples(configs, metric, folder / "metric_vs_examples.png", dense),
     ):
         if path is not None:
             written.append(path)
@@ -42,7 +51,10 @@ def plot_grid(configs: Sequence[ConfigValues], metric: str, folder: Path) -> lis
 
 
 def plot_metric_vs_sparsity(
-    configs: Sequence[ConfigValues], metric: str, path: Path
+    configs: Sequence[ConfigValues],
+    metric: str,
+    path: Path,
+    dense: Sequence[ConfigValues] = (),
 ) -> Path | None:
     """One line per coupling (its best transfer/schedule) over the target sparsity."""
     lines = _lines(configs, SPARSITY)
@@ -57,12 +69,16 @@ def plot_metric_vs_sparsity(
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for coupling, line in ordered:
         _draw(ax, line, _label(coupling, line[0]))
+    _draw_teacher(ax, dense_line(dense, SPARSITY, ordered[0][1]))
     ax.set(xlabel="target sparsity", ylabel=f"{metric} (points)", title=f"{metric} vs sparsity")
     return _save(fig, ax, path)
 
 
 def plot_metric_vs_examples(
-    configs: Sequence[ConfigValues], metric: str, path: Path
+    configs: Sequence[ConfigValues],
+    metric: str,
+    path: Path,
+    dense: Sequence[ConfigValues] = (),
 ) -> Path | None:
     """The ``none`` baseline and the best transfer configuration over the number of
     labelled examples (log scale: budgets are usually spaced by factors)."""
@@ -72,10 +88,10 @@ def plot_metric_vs_examples(
     baseline = [line for line in lines if line[0].get("coupling", "none") == "none"]
     transfer = [line for line in lines if line[0].get("coupling", "none") != "none"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for group in (baseline, transfer):
-        if group:
-            line = max(group, key=_score)
-            _draw(ax, line, _label(str(line[0].get("coupling", "none")), line[0]))
+    drawn = [max(group, key=_score) for group in (baseline, transfer) if group]
+    for line in drawn:
+        _draw(ax, line, _label(str(line[0].get("coupling", "none")), line[0]))
+    _draw_teacher(ax, dense_line(dense, EXAMPLES, drawn[0]))
     ax.set_xscale("log")
     ax.set(
         xlabel="labelled training examples",
@@ -98,6 +114,15 @@ def _lines(configs: Sequence[ConfigValues], x: str) -> list[Line] | None:
         lines.setdefault(key, (rest, {}))[1].setdefault(float(options[x]), []).extend(values)
     xs = {point for _, points in lines.values() for point in points}
     return list(lines.values()) if len(xs) > 1 else None
+
+
+def dense_line(dense: Sequence[ConfigValues], x: str, like: Line) -> Line | None:
+    """The teacher scores along ``x`` of the configurations that make up ``like`` (every
+    configuration at a point shares its teacher, so one line's seeds count each once)."""
+    for line in _lines(dense, x) or []:
+        if line[0] == like[0]:
+            return line
+    return None
 
 
 def _tied_to(configs: Sequence[ConfigValues], x: str) -> set[str]:
@@ -139,11 +164,17 @@ def _label(coupling: str, options: Mapping[str, Any]) -> str:
     return f"{coupling} ({', '.join(details)})" if details else coupling
 
 
-def _draw(ax: Any, line: Line, label: str) -> None:
+def _draw(ax: Any, line: Line, label: str, **style: Any) -> None:
     xs = sorted(line[1])
     means = [100 * statistics.fmean(line[1][x]) for x in xs]
     stds = [100 * _std(line[1][x]) for x in xs]
-    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.errorbar(xs, means, yerr=stds, capsize=3, label=label, **{"marker": "o", **style})
+
+
+def _draw_teacher(ax: Any, line: Line | None) -> None:
+    if line is not None:
+        label = "dense teacher (not pruned)"
+        _draw(ax, line, label, marker="s", linestyle="--", color="0.4")
 
 
 def _std(values: Sequence[float]) -> float:

@@ -46,6 +46,14 @@ class RunResult:
         value = (self.report or {}).get("metrics", {}).get(metric)
         return float(value) if isinstance(value, int | float) else None
 
+    def dense_value(self, metric: str) -> float | None:
+        """The dense teacher's score on the split of :meth:`value` (runs with
+        ``--teacher`` evaluate it beside the pruned model), else None."""
+        report = self.report or {}
+        split = report.get("metrics_split")
+        value = ((report.get("dense_metrics") or {}).get(split) or {}).get(metric)
+        return float(value) if isinstance(value, int | float) else None
+
     def choices(self) -> tuple[str, str, str]:
         """(coupling, transfer, schedule) as run: the report's ``transfer`` section when
         it has one (an older report without it ran without auxiliary tasks), else the
@@ -77,6 +85,8 @@ class Config:
     # spruce adapt reports: per-task learned parameters and task-file bytes of each seed.
     learned: list[int] = field(default_factory=list)
     task_bytes: list[int] = field(default_factory=list)
+    # The dense teacher of each seed (runs with --teacher): what pruning gives up.
+    dense: list[float] = field(default_factory=list)
 
     @property
     def coupling(self) -> str:
@@ -113,7 +123,12 @@ def summarize(spec: GridSpec, runs: Sequence[Run], out: Path, command: str) -> P
     results = collect(spec, runs, out)
     write_text_atomic(out / "results.csv", results_csv(spec, results))
     configs = group(results, spec.metric)
-    plots = plot_grid([(c.options, c.values) for c in configs], spec.metric, out)
+    plots = plot_grid(
+        [(c.options, c.values) for c in configs],
+        spec.metric,
+        out,
+        dense=[(c.options, c.dense) for c in configs if c.dense],
+    )
     report = render_report(spec, results, configs, command, [p.name for p in plots])
     write_text_atomic(out / "report.md", report)
     return out / "report.md"
@@ -123,7 +138,8 @@ def results_csv(spec: GridSpec, results: Sequence[RunResult]) -> str:
     axis = spec.axis_options
     base = [name for name in spec.base if name not in axis]
     metrics = list(dict.fromkeys(k for r in results for k in (r.report or {}).get("metrics", {})))
-    header = ["run", "status", "seed", *axis, *base, *metrics, "metrics_split"]
+    dense = f"dense_{spec.metric}"
+    header = ["run", "status", "seed", *axis, *base, *metrics, "metrics_split", dense]
     header += ["encoder_sparsity", "total_sparsity", "total_params", "learned_params"]
     header += ["task_file_bytes", "wall_time_s"]
     header += ["exit_code", "error"]
@@ -138,7 +154,8 @@ def results_csv(spec: GridSpec, results: Sequence[RunResult]) -> str:
             [result.run.id, result.status, result.run.seed]
             + [_show(options[name]) if name in options else "" for name in [*axis, *base]]
             + [report.get("metrics", {}).get(name, "") for name in metrics]
-            + [report.get("metrics_split", ""), sparsity.get("encoder", "")]
+            + [report.get("metrics_split", ""), _blank(result.dense_value(spec.metric))]
+            + [sparsity.get("encoder", "")]
             + [sparsity.get("total", ""), params.get("total", "")]
             + [report.get("learned_params", ""), report.get("task_file_bytes", "")]
             + [report.get("wall_time_s", "")]
@@ -155,6 +172,8 @@ def group(results: Sequence[RunResult], metric: str) -> list[Config]:
         value = result.value(metric)
         if value is not None:
             config.values.append(value)
+            if (dense := result.dense_value(metric)) is not None:
+                config.dense.append(dense)
             report = result.report or {}
             if "learned_params" in report:
                 config.learned.append(int(report["learned_params"]))
@@ -274,6 +293,8 @@ def _best(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
             f"options ({_mean_std(baseline.values)}, n = {len(baseline.values)})"
         )
     arguments = shlex.join(option_arguments(best.options, spec.options))
+    if best.dense:
+        gain += f"; its dense teacher (not pruned) scores {_mean_std(best.dense)}"
     lines.append(
         f"`{_describe(best.axes)}`: {_mean_std(best.values)} (n = {len(best.values)}); {gain}."
     )
@@ -283,9 +304,11 @@ def _best(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
         contexts.setdefault(config.context, []).append(config)
     if len(contexts) > 1 and spec.command == "prune":
         # Other axes (data budget, sparsity, ...) vary: the winner may differ per value.
+        teachers = any(c.dense for c in finished)
         lines.extend(["", "Best per setting of the other axes:", ""])
-        lines.append(f"| setting | best | {spec.metric} | n | none | Δ vs none |")
-        lines.append("|---|---|---|---|---|---|")
+        dense_header = " dense teacher |" if teachers else ""
+        lines.append(f"| setting | best | {spec.metric} | n | none | Δ vs none |{dense_header}")
+        lines.append("|---|---|---|---|---|---|" + "---|" * teachers)
         for members in contexts.values():
             top = max(members, key=lambda c: statistics.fmean(c.values))
             transfer_keys = {"coupling", *top.options} - set(json.loads(top.context))
@@ -296,6 +319,7 @@ def _best(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
                 f"| {_describe(setting)} | {_describe(choice)} | {_mean_std(top.values)} | "
                 f"{len(top.values)} | {_mean_std(none.values) if none else '—'} | "
                 f"{_delta(top.values, none.values if none else [])} |"
+                + (f" {_mean_std(top.dense) if top.dense else '—'} |" if teachers else "")
             )
     return [*lines, ""]
 
@@ -343,6 +367,10 @@ def _delta(values: Sequence[float], baseline: Sequence[float]) -> str:
     if not baseline:
         return "—"
     return f"{100 * (statistics.fmean(values) - statistics.fmean(baseline)):+.2f}"
+
+
+def _blank(value: float | None) -> float | str:
+    return "" if value is None else value
 
 
 def _describe(options: dict[str, Any]) -> str:
