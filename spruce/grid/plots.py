@@ -93,6 +93,10 @@ def plot_metric_vs_examples(
         _draw(ax, line, _label(str(line[0].get("coupling", "none")), line[0]))
     _draw_teacher(ax, dense_line(dense, EXAMPLES, drawn[0]))
     ax.set_xscale("log")
+    # The budgets themselves as ticks: a log axis would label them 3 x 10^2 and so on.
+    budgets = sorted({x for line in drawn for x in line[1]})
+    ax.set_xticks(budgets, [f"{x:,.0f}" for x in budgets])
+    ax.minorticks_off()
     ax.set(
         xlabel="labelled training examples",
         ylabel=f"{metric} (points)",
