@@ -6,6 +6,7 @@ training loader does, so N processes see N auxiliary batches per step (:class:`S
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,9 @@ class Stream:
             if hasattr(collate, "generator"):
                 collate.generator = None  # created from its seed on first use, as at first
         else:
-            if getattr(collate, "generator", None) is None:
-                collate.generator = torch.Generator()
-            collate.generator.set_state(state["collator"])
+            generator = _collator_generator(self.loader) or torch.Generator()
+            generator.set_state(state["collator"])
+            _give_collator(collate, generator)
 
 
 def _reseed_collator(loader: DataLoader, seed: int, rank: int, epoch: int) -> None:
@@ -131,7 +132,17 @@ def _reseed_collator(loader: DataLoader, seed: int, rank: int, epoch: int) -> No
     if not hasattr(collate, "generator"):
         return  # padding only: nothing random
     entropy = np.random.SeedSequence([seed, rank, epoch]).generate_state(1, dtype=np.uint64)
-    collate.generator = torch.Generator().manual_seed(int(entropy[0]))
+    _give_collator(collate, torch.Generator().manual_seed(int(entropy[0])))
+
+
+def _give_collator(collate: Any, generator: torch.Generator) -> None:
+    """Make ``generator`` the collator's own. transformers >= 5.25 replaces, on the next
+    batch, a generator that its records say another process made (``_generator_pid``)
+    by one drawn from the bare seed, and refuses to in a process that is not a DataLoader
+    worker (a torch.distributed rank): the generator is recorded as this process's."""
+    collate.generator = generator
+    if hasattr(collate, "_generator_pid"):
+        collate._generator_pid = os.getpid()
 
 
 def _collator_generator(loader: DataLoader) -> torch.Generator | None:
