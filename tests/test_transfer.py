@@ -132,6 +132,27 @@ def test_mlm_text_sources(tmp_path, tiny_models, data):
     assert stream.epochs == 1  # cycles without end
 
 
+def test_mlm_masking_follows_the_seed_and_resumes_in_a_later_epoch(tiny_models, data):
+    from spruce.data import TaskDataConfig, load_task
+
+    task = load_task(TaskDataConfig(train=str(data["train"]), max_train_samples=48))
+    _, tokenizer, _ = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    texts = mlm_texts(parse_aux("mlm"), task)
+
+    def masks(stream, n):
+        return [next(stream)["labels"] != -100 for _ in range(n)]
+
+    first, again = (mlm_stream(texts, tokenizer, 8, 16, 0.3, seed=0) for _ in range(2))
+    other = mlm_stream(texts, tokenizer, 8, 16, 0.3, seed=1)
+    drawn = masks(first, 3)
+    assert all(torch.equal(a, b) for a, b in zip(drawn, masks(again, 3), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(drawn, masks(other, 3), strict=True))
+    masks(first, len(first.loader))  # into the second epoch: the replay alone misses epoch 1
+    resumed = mlm_stream(texts, tokenizer, 8, 16, 0.3, seed=0)
+    resumed.load_state_dict(first.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(masks(first, 4), masks(resumed, 4), strict=True))
+
+
 @pytest.mark.parametrize("head_kind", ["mlm", "task"])
 def test_compacted_heads_read_only_the_kept_hidden_dimensions(head_kind):
     torch.manual_seed(0)

@@ -6,7 +6,6 @@ training loader does, so N processes see N auxiliary batches per step (:class:`S
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,14 +114,8 @@ class Stream:
         if self._shard is not None:
             return  # the replay drew this rank's masking; the saved collator is rank 0's
         set_generator_state(self.loader.generator, state["generator"])
-        collate = self.loader.collate_fn
-        if state["collator"] is None:
-            if hasattr(collate, "generator"):
-                collate.generator = None  # created from its seed on first use, as at first
-        else:
-            generator = _collator_generator(self.loader) or torch.Generator()
-            generator.set_state(state["collator"])
-            _give_collator(collate, generator)
+        if state["collator"] is not None:  # None: it had not drawn, it is as built
+            set_generator_state(_collator_generator(self.loader), state["collator"])
 
 
 def _reseed_collator(loader: DataLoader, seed: int, rank: int, epoch: int) -> None:
@@ -132,17 +125,7 @@ def _reseed_collator(loader: DataLoader, seed: int, rank: int, epoch: int) -> No
     if not hasattr(collate, "generator"):
         return  # padding only: nothing random
     entropy = np.random.SeedSequence([seed, rank, epoch]).generate_state(1, dtype=np.uint64)
-    _give_collator(collate, torch.Generator().manual_seed(int(entropy[0])))
-
-
-def _give_collator(collate: Any, generator: torch.Generator) -> None:
-    """Make ``generator`` the collator's own. transformers >= 5.25 replaces, on the next
-    batch, a generator that its records say another process made (``_generator_pid``)
-    by one drawn from the bare seed, and refuses to in a process that is not a DataLoader
-    worker (a torch.distributed rank): the generator is recorded as this process's."""
-    collate.generator = generator
-    if hasattr(collate, "_generator_pid"):
-        collate._generator_pid = os.getpid()
+    collate.generator = torch.Generator().manual_seed(int(entropy[0]))
 
 
 def _collator_generator(loader: DataLoader) -> torch.Generator | None:
@@ -284,7 +267,12 @@ def mlm_stream(
             "use --aux task:PATH, or a model trained with MLM",
         )
     encoded = tokenize_split(texts, tokenizer, max_length)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability, seed=seed)
+    # The collator masks with whatever generator it holds. Given a ``seed`` instead, it
+    # manages its own generator per process (transformers >= 5.25 replaces one another pid
+    # made, and refuses in a torch.distributed rank), which would undo spruce's per-rank
+    # seeding and checkpointed masking state.
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+    collator.generator = torch.Generator().manual_seed(seed)
     if world_size > 1:
         sampler = DistributedSampler(
             encoded, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
