@@ -114,7 +114,7 @@ class Stream:
         if self._shard is not None:
             return  # the replay drew this rank's masking; the saved collator is rank 0's
         set_generator_state(self.loader.generator, state["generator"])
-        if state["collator"] is not None:  # None: it had not drawn, it is as built
+        if state["collator"] is not None:  # None: padding only, or saved before it drew
             set_generator_state(_collator_generator(self.loader), state["collator"])
 
 
