@@ -21,8 +21,8 @@ import transformers
 
 from spruce.compact import apply_masks
 from spruce.data import TaskDataConfig, load_task
+from spruce.masks.control import SparsityController, SparsityStep, make_optimizers
 from spruce.masks.gates import EncoderGates
-from spruce.masks.lagrangian import SparsityController, SparsityStep, make_optimizers
 from spruce.models import encoder_shape, load_classifier
 from spruce.pipelines.common import build_loaders
 from spruce.train import TrainConfig

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from spruce.masks.control import SparsityController, SparsityStep, make_optimizers
 from spruce.masks.gates import EncoderGates
-from spruce.masks.lagrangian import SparsityController, SparsityStep, make_optimizers
 from spruce.models.structure import encoder_shape
 from spruce.train.distributed import DistributedContext, optimizer_parameters, owned_optimizers
 from tiny_models import write_sentiment_files

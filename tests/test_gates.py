@@ -140,18 +140,20 @@ def test_state_dict_and_config_round_trip():
     with torch.no_grad():
         for p in gates.parameters():
             p.normal_()
+    gates.set_shift(-0.7)  # the exact control's shift is part of the learned structure
     config = json.loads(json.dumps(gates.config))
     rebuilt = EncoderGates.from_config(config)
     rebuilt.load_state_dict(gates.state_dict())
+    assert rebuilt.shift == pytest.approx(-0.7)
     assert rebuilt.units == gates.units and rebuilt.shape == gates.shape
     for (name, a), (_, b) in zip(
         gates.deterministic_masks().items(), rebuilt.deterministic_masks().items(), strict=True
     ):
         assert torch.equal(a, b), name
     assert set(gates.state_dict()) == {
-        "gates.head.log_alpha",
-        "gates.ffn_layer.log_alpha",
-        "gates.hidden.log_alpha",
+        f"gates.{unit}.{name}"
+        for unit in ("head", "ffn_layer", "hidden")
+        for name in ("log_alpha", "shift")
     }
 
 

@@ -76,10 +76,14 @@ def test_demo_runs_end_to_end_on_the_spam_assassin_corpus(tmp_path, capsys):
     assert "hard-ham acc" in printed and "dense MiniLM-L6" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["labelled"] == 64
-    assert len(summary["rows"]) == 3  # dense, pruned on task data, pruned with MLM
-    transfer = json.loads((out / "transfer" / "report.json").read_text())["transfer"]
-    assert transfer["coupling"] != "none" and transfer["aux"][0]["kind"] == "mlm"
+    assert len(summary["rows"]) == 3  # dense, pruned by the plain and the default recipe
+    default = json.loads((out / "default" / "report.json").read_text())
+    assert default["recipe"]["name"] == "distill" and default["recipe"]["teacher"] == "given"
+    transfer = default["transfer"]
+    assert transfer["coupling"] == "joint" and transfer["aux"][0]["kind"] == "distill"
     assert transfer["tasks"][0]["examples"] > 3000  # the unlabelled rest of the pool
+    plain = json.loads((out / "plain" / "report.json").read_text())
+    assert plain["recipe"]["name"] == "plain" and plain["transfer"]["coupling"] == "none"
     assert summary["splits"]["test_hard_ham"] > 100
     train_texts = {json.loads(x)["text"] for x in (out / "data" / "train.jsonl").open()}
     test_texts = {json.loads(x)["text"] for x in (out / "data" / "test.jsonl").open()}
@@ -94,11 +98,18 @@ def test_prune_minilm_on_an_sst2_slice_lands_on_target_and_exports(tmp_path):
         "--test", str(train.parent / "test.tsv"), "--max-train-samples", "200",
         "--max-eval-samples", "100", "--max-test-samples", "100", "--max-length", "64",
         "--target-sparsity", "0.8", "--prune-max-steps", "12", "--final-max-steps", "6",
-        "--latency-repeats", "1", "--seed", "0", "--out", str(out), "--quiet",
+        "--max-steps", "6", "--latency-repeats", "1", "--seed", "0", "--out", str(out),
+        "--quiet",
     ]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
+    # The default recipe: its own teacher (6 steps here), distilled on the unlabelled rest.
+    assert report["recipe"]["teacher"] == "fine-tuned" and report["phases"]["teacher"]
+    assert report["recipe"]["unlabelled"]["from_train"] > 60000
     assert abs(report["sparsity"]["encoder"] - 0.8) <= 0.01
+    trajectory = report["phases"]["prune_trajectory"]
+    assert trajectory["sparsity"][-1] == pytest.approx(0.8, abs=1e-3)
+    assert (out / "prune_phase.png").exists()
     assert report["params"]["dense_total"] == MINILM_PARAMS_WITH_BINARY_HEAD
     assert report["params"]["total"] < report["params"]["dense_total"]
     assert report["onnx"]["max_abs_diff"] <= 1e-4

@@ -292,8 +292,9 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> 
 
 
 def test_sigkill_during_pruning_then_resume(tiny_models, data, tmp_path):
+    # --recipe plain: the pruning phase comes first, so its checkpoint is 00-prune.pt.
     extra = ("--max-train-samples", "64", "--prune-max-steps", "40", "--final-max-steps", "6",
-             "--checkpoint-steps", "1")  # fmt: skip
+             "--checkpoint-steps", "1", "--recipe", "plain")  # fmt: skip
     reference = tmp_path / "reference"
     assert main(command("prune", tiny_models["bert"], data, reference, *extra)) == 0
     out = tmp_path / "out"

@@ -128,7 +128,7 @@ def test_target_ramps_linearly_then_stays():
 
 
 def test_penalty_value_stats_and_ascent_direction():
-    controller = SparsityController(0.5)
+    controller = SparsityController(0.5, control="lagrangian")
     with torch.no_grad():
         controller.lambda1.fill_(2.0)
         controller.lambda2.fill_(3.0)
@@ -140,20 +140,23 @@ def test_penalty_value_stats_and_ascent_direction():
     assert stats["lambda2"] == 3.0
 
     # Too dense (s < t): ascent drives lambda1 down, which then rewards sparsity.
-    fresh = SparsityController(0.5)
+    fresh = SparsityController(0.5, control="lagrangian")
     _, lambda_optimizer = make_optimizers(EncoderGates(SHAPE), fresh, 0.1, 0.1)
     fresh.penalty(torch.tensor(0.3)).backward()
     lambda_optimizer.step()
     assert fresh.lambda1.item() < 0 and fresh.lambda2.item() > 0
 
 
-def train_toy(target: float, steps: int = 400, warmup: int = 100) -> EncoderGates:
-    """Gates alone; the 'task' wants every unit kept; the Lagrangian must win."""
+def train_toy(
+    target: float, steps: int = 400, warmup: int = 100, control: str = "lagrangian"
+) -> EncoderGates:
+    """Gates alone; the 'task' wants every unit kept; the control must win."""
     torch.manual_seed(0)
     gates = EncoderGates(TOY)
-    controller = SparsityController(target, warmup_steps=warmup)
+    controller = SparsityController(target, warmup_steps=warmup, control=control)
     gate_optimizer, lambda_optimizer = make_optimizers(gates, controller)
     for step in range(steps):
+        controller.place(gates, step)
         masks = gates()
         task_loss = -0.01 * sum(value.mean() for _, value in masks.items())
         loss = task_loss + controller.gate_penalty(gates, step)
@@ -165,9 +168,10 @@ def train_toy(target: float, steps: int = 400, warmup: int = 100) -> EncoderGate
     return gates
 
 
+@pytest.mark.parametrize("control", ["lagrangian", "exact"])
 @pytest.mark.parametrize("target", [0.5, 0.9])
-def test_lagrangian_drives_expected_and_final_sparsity_to_the_target(target):
-    gates = train_toy(target)
+def test_control_drives_expected_and_final_sparsity_to_the_target(target, control):
+    gates = train_toy(target, control=control)
     assert expected_sparsity(gates).item() == pytest.approx(target, abs=0.01)
     final = sparsity_from_masks(gates.deterministic_masks(), TOY)
     assert final == pytest.approx(target, abs=0.01)
@@ -181,7 +185,7 @@ def test_lagrangian_drives_expected_and_final_sparsity_to_the_target(target):
 
 def test_sparsity_step_callback_steps_both_optimizers():
     gates = EncoderGates(SHAPE)
-    controller = SparsityController(0.5, warmup_steps=10)
+    controller = SparsityController(0.5, warmup_steps=10, control="lagrangian")
     gate_optimizer, lambda_optimizer = make_optimizers(gates, controller)
     callback = SparsityStep(controller, gate_optimizer, lambda_optimizer)
     with torch.no_grad():
@@ -198,3 +202,50 @@ def test_sparsity_step_callback_steps_both_optimizers():
     assert int(controller.num_steps) == 7
     controller.gate_penalty(gates)
     assert controller.stats()["target_sparsity"] == pytest.approx(0.35)
+
+
+def test_cubic_ramp_is_fast_first_and_meets_the_linear_one_at_the_ends():
+    linear = SparsityController(0.9, warmup_steps=100)
+    cubic = SparsityController(0.9, warmup_steps=100, ramp="cubic")
+    assert cubic.target_at(0) == linear.target_at(0) == 0.0
+    assert cubic.target_at(100) == linear.target_at(100) == pytest.approx(0.9)
+    assert cubic.target_at(20) == pytest.approx(0.9 * (1 - 0.8**3))
+    assert all(cubic.target_at(s) > linear.target_at(s) for s in range(1, 100))
+
+
+@pytest.mark.parametrize("target", [0.3, 0.8, 0.97])
+def test_exact_control_places_the_expected_sparsity_on_the_target(target):
+    torch.manual_seed(1)
+    gates = EncoderGates(TOY)
+    with torch.no_grad():
+        for p in gates.parameters():
+            p.normal_(2.0, 1.5)  # uneven gates: the shift is not a closed form
+    controller = SparsityController(target, control="exact")
+    controller.place(gates)
+    assert expected_sparsity(gates).item() == pytest.approx(target, abs=1e-5)
+    stats = controller.stats()
+    assert stats["expected_sparsity"] == pytest.approx(target, abs=1e-5)
+    assert stats["shift"] == pytest.approx(gates.shift)
+    # Exact control adds no penalty and has no multipliers to learn.
+    assert controller.gate_penalty(gates).item() == 0.0
+
+
+def test_exact_control_leaves_the_gates_only_the_gradient_that_ranks_units():
+    # A common move of every log_alpha is undone by the next shift, so the shift's
+    # implicit gradient removes it: the gates' gradients sum to zero. Without it, a task
+    # that wants every unit kept pushes all of them the same way.
+    torch.manual_seed(2)
+    gates = EncoderGates(TOY)
+    controller = SparsityController(0.6, control="exact")
+    controller.place(gates)
+    keep_everything = sum((p * torch.rand_like(p)).sum() for p in gates.probs().values())
+    (-keep_everything).backward()
+    grads = torch.cat([p.grad.flatten() for p in gates.parameters()])
+    assert abs(grads.sum().item()) < 1e-4 * grads.abs().sum().item()
+    assert (grads > 0).any() and (grads < 0).any()
+
+    gates.zero_grad()
+    gates.set_offset(None)
+    (-sum((p * torch.rand_like(p)).sum() for p in gates.probs().values())).backward()
+    plain = torch.cat([p.grad.flatten() for p in gates.parameters()])
+    assert (plain < 0).all()

@@ -66,7 +66,7 @@ def handle(args: argparse.Namespace) -> int:
     print(format_table(summary))
     reports = ", ".join(
         f"{args.out}/{name}/report.json"
-        for name in ("dense", "baseline", "transfer")
+        for name in ("dense", "plain", "default")
         if (args.out / name / "report.json").exists()
     )
     print(f"details: {args.out}/summary.json, {reports}")

@@ -20,7 +20,9 @@ from spruce.train import TrainConfig
 from spruce.train.checkpoint import DEFAULT_EVERY_STEPS
 
 
-def add_data_options(parser: argparse.ArgumentParser, *, train_required: bool = True) -> None:
+def add_data_options(
+    parser: argparse.ArgumentParser, *, train_required: bool = True, unlabelled: bool = False
+) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
         "--train",
@@ -69,6 +71,14 @@ def add_data_options(parser: argparse.ArgumentParser, *, train_required: bool = 
         metavar="N",
         help="evaluate on a stratified subset of N test examples",
     )
+    if unlabelled:
+        group.add_argument(
+            "--unlabelled",
+            metavar="FILE",
+            help="unlabelled in-domain text for distillation (and --aux mlm): .txt, one "
+            "document per line, or a data file with the task's text column(s); added to "
+            "the rows of --train that --max-train-samples leaves unlabelled",
+        )
     group.add_argument(
         "--max-length",
         type=positive_int,
@@ -204,6 +214,7 @@ def data_config(args: argparse.Namespace) -> TaskDataConfig:
         max_test_samples=args.max_test_samples,
         seed=args.seed,
         name=args.task_name,
+        unlabelled=getattr(args, "unlabelled", None),
     )
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from spruce.cli import options
 from spruce.cli.parsing import fraction, name_list, positive_float, positive_int
 from spruce.errors import SpruceError
+from spruce.masks.control import CONTROLS, RAMPS
 from spruce.masks.units import UNIT_TYPES
 from spruce.pipelines.prune import PruneRun, run_prune
-from spruce.pruning.config import METHODS, PruneConfig
+from spruce.pruning.config import METHODS, RECIPES, PruneConfig
 from spruce.report.latency import RUNTIMES
 from spruce.train.distillation import DistillationConfig
 from spruce.transfer.config import (
@@ -31,15 +32,25 @@ HELP = "structured pruning to a target sparsity, then compaction, export and mea
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("prune", help=HELP, description=HELP)
     options.add_model_option(parser)
-    options.add_data_options(parser)
+    options.add_data_options(parser, unlabelled=True)
     options.add_train_options(parser)
     defaults = PruneConfig()
     group = parser.add_argument_group("pruning")
     group.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default=defaults.recipe,
+        help="distill (default): a dense teacher (--teacher, else --model when it is "
+        "already fine-tuned for this task, else one fine-tuned first) distilled on the "
+        "labelled batches and on the unlabelled text (rest of --train, --unlabelled); "
+        "plain: the labelled data alone, with only what other options ask for",
+    )
+    group.add_argument(
         "--method",
         choices=METHODS,
         default=defaults.method,
-        help="l0: learned hard-concrete masks (CoFi); magnitude / taylor: "
+        help="l0: learned hard-concrete masks (CoFi); pdp: parameter-free soft masks from "
+        "weight magnitudes against a threshold set by the target; magnitude / taylor: "
         "score-based structured pruning baselines",
     )
     group.add_argument(
@@ -69,8 +80,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.sparsity_warmup,
         help="fraction of the pruning steps over which the target ramps up",
     )
+    group.add_argument(
+        "--sparsity-control",
+        choices=CONTROLS,
+        default=defaults.sparsity_control,
+        help="l0: exact holds the expected sparsity on the ramp by construction (a shift of "
+        "every gate); lagrangian: CoFi's learned multipliers (--lr-lambda)",
+    )
+    group.add_argument(
+        "--sparsity-ramp",
+        choices=RAMPS,
+        default=defaults.sparsity_ramp,
+        help="shape of the target's ramp: linear, or cubic (fast first, gentle near the end)",
+    )
     group.add_argument("--lr-gates", type=positive_float, default=defaults.lr_gates)
-    group.add_argument("--lr-lambda", type=positive_float, default=defaults.lr_lambda)
+    group.add_argument(
+        "--lr-lambda",
+        type=positive_float,
+        default=defaults.lr_lambda,
+        help="--sparsity-control lagrangian: learning rate of the multipliers",
+    )
     group.add_argument(
         "--prune-rounds",
         type=positive_int,
@@ -109,7 +138,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     teacher.add_argument(
         "--distill",
         action="store_true",
-        help="fine-tune a dense teacher first (--epochs), then prune it",
+        help="fine-tune a dense teacher first (--epochs), then prune it (what --recipe "
+        "distill does when --model is not already fine-tuned for the task)",
     )
     d = DistillationConfig()
     distill.add_argument("--distill-temperature", type=positive_float, default=d.temperature)
@@ -222,6 +252,7 @@ def transfer_config(args: argparse.Namespace) -> TransferConfig:
 
 def handle(args: argparse.Namespace) -> int:
     prune = PruneConfig(
+        recipe=args.recipe,
         method=args.method,
         target_sparsity=args.target_sparsity,
         units=tuple(args.units) if args.units else None,
@@ -230,6 +261,8 @@ def handle(args: argparse.Namespace) -> int:
         prune_max_steps=args.prune_max_steps,
         final_max_steps=args.final_max_steps,
         sparsity_warmup=args.sparsity_warmup,
+        sparsity_control=args.sparsity_control,
+        sparsity_ramp=args.sparsity_ramp,
         lr_gates=args.lr_gates,
         lr_lambda=args.lr_lambda,
         prune_rounds=args.prune_rounds,
@@ -274,7 +307,7 @@ def handle(args: argparse.Namespace) -> int:
         )
     print(f"wrote {args.out}")
     unused = report.get("unlabelled_examples", 0)
-    if unused and not args.aux and not args.quiet:
+    if unused and not args.aux and not args.quiet and args.recipe == "plain":
         teacher = "" if args.teacher or args.distill else " (with --teacher or --distill)"
         print(
             f"hint: {unused:,} rows of --train were left unlabelled; --aux distill{teacher} "

@@ -10,6 +10,7 @@ import datasets
 from spruce.data.columns import ColumnSpec, infer_label_names, resolve_columns, to_canonical
 from spruce.data.readers import read_table
 from spruce.data.sampling import stratified_sample
+from spruce.data.unlabelled import read_texts_like
 from spruce.errors import SpruceError
 
 
@@ -29,6 +30,9 @@ class TaskDataConfig:
     max_test_samples: int | None = None
     seed: int = 0
     name: str | None = None
+    # A file of unlabelled in-domain text (one document per line, or a data file with the
+    # task's text columns), added to the unlabelled rest of ``train``.
+    unlabelled: str | None = None
 
 
 @dataclass
@@ -92,6 +96,13 @@ def load_task(config: TaskDataConfig) -> TaskData:
             "raise --max-train-samples or use --shots-per-class",
         )
     unlabelled = full_train.select(rest).remove_columns("label") if rest else None
+    extra = {"unlabelled_from_train": len(rest), "unlabelled_from_file": 0}
+    if config.unlabelled:
+        texts = read_unlabelled(config.unlabelled, columns)
+        extra["unlabelled_from_file"] = len(texts)
+        unlabelled = (
+            texts if unlabelled is None else datasets.concatenate_datasets([unlabelled, texts])
+        )
 
     def load_eval(path: str | None, split: str, limit: int | None) -> datasets.Dataset | None:
         if path is None:
@@ -121,7 +132,37 @@ def load_task(config: TaskDataConfig) -> TaskData:
         test=load_eval(config.test, "test", config.max_test_samples),
         unlabelled=unlabelled,
         source_train_examples=len(full_train),
+        extra=extra,
     )
+
+
+def read_unlabelled(path: str, columns: ColumnSpec) -> datasets.Dataset:
+    """``--unlabelled PATH`` in the canonical form of a task read with ``columns``."""
+    option = f"--unlabelled {path}"
+    shape = " and ".join(columns.text_columns)
+    try:
+        texts = read_texts_like(
+            path, columns.text_columns, option=option, columns_option="--text-columns"
+        )
+    except SpruceError as error:
+        if "column" not in error.problem and "pairs" not in error.problem:
+            # Unreadable, missing or empty: the reader's message, naming the option.
+            named = (
+                error.problem
+                if "--unlabelled" in error.problem
+                else f"--unlabelled: {error.problem}"
+            )
+            raise SpruceError(named, error.fix) from None
+        raise SpruceError(
+            f"{option} does not fit the task's text ({error.problem})",
+            f"name its column(s) {shape} as in --train, or give a .txt file"
+            + (" (single texts only)" if columns.is_pair else ""),
+        ) from None
+    texts = texts.map(lambda row: {k: v.strip() for k, v in row.items()})
+    texts = texts.filter(lambda row: any(row.values()))
+    if len(texts) == 0:
+        raise SpruceError(f"{option} holds no text", "give at least one non-empty text")
+    return texts
 
 
 def _label_names(

@@ -8,9 +8,9 @@ from spruce.masks.accounting import (
     sparsity_from_masks,
     structure_from_masks,
 )
+from spruce.masks.control import SparsityController, SparsityStep, make_optimizers
 from spruce.masks.gates import EncoderGates
 from spruce.masks.hard_concrete import HardConcreteGate
-from spruce.masks.lagrangian import SparsityController, SparsityStep, make_optimizers
 from spruce.masks.units import UNIT_TYPES, UnitMasks
 
 __all__ = [

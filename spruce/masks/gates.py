@@ -143,6 +143,21 @@ class EncoderGates(nn.Module):
             size_multiple=config.get("size_multiple", 1),
         )
 
+    def set_shift(self, value: float) -> None:
+        """Shift every gate's log_alpha by ``value`` (see :class:`HardConcreteGate`)."""
+        for gate in self.gates.values():
+            gate.shift.fill_(float(value))
+            gate._offset = None
+
+    def set_offset(self, offset: torch.Tensor | None) -> None:
+        """This step's zero-valued offset carrying the shift's implicit gradient."""
+        for gate in self.gates.values():
+            gate._offset = offset
+
+    @property
+    def shift(self) -> float:
+        return float(next(iter(self.gates.values())).shift) if self.gates else 0.0
+
     def probs(self) -> dict[str, torch.Tensor]:
         """``P(z > 0)`` per gated unit type (differentiable)."""
         return {u: gate.prob_nonzero() for u, gate in self.gates.items()}
@@ -163,7 +178,7 @@ class EncoderGates(nn.Module):
     ) -> UnitMasks:
         """The fixed structure (see the module doc). ``correct=False`` gives plain
         per-group rounding, CoFi's rule. Cached until a gate's ``log_alpha`` changes."""
-        log_alphas = [gate.log_alpha.detach() for gate in self.gates.values()]
+        log_alphas = [gate.effective_log_alpha().detach() for gate in self.gates.values()]
         # The cache compares values, not version counters: ``p.data.fill_()`` and the
         # like change a parameter without bumping its version. An eval-mode forward per
         # batch then costs a few comparisons instead of a greedy search.

@@ -72,6 +72,13 @@ class HardConcreteGate(nn.Module):
         self.beta, self.gamma, self.zeta, self.eps = beta, gamma, zeta, eps
         self.init_mean, self.init_std = init_mean, init_std
         self.log_alpha = nn.Parameter(torch.empty(shape))
+        # A common offset of every log_alpha, set by the exact sparsity control
+        # (spruce.masks.control) so that the expected size sits on its target; a
+        # shift keeps the ranking of units, so the structure is still chosen by
+        # log_alpha. ``_offset`` is this step's zero-valued term that carries the
+        # implicit gradient of the shift (None outside a pruning step).
+        self.register_buffer("shift", torch.zeros(()))
+        self._offset: torch.Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -88,15 +95,21 @@ class HardConcreteGate(nn.Module):
         # log(-gamma / zeta): the logit of the stretched point that maps to 0.
         return math.log(-self.gamma / self.zeta)
 
+    def effective_log_alpha(self) -> torch.Tensor:
+        """``log_alpha`` plus the shift (and this step's offset): what the distribution uses."""
+        shifted = self.log_alpha + self.shift
+        return shifted if self._offset is None else shifted + self._offset
+
     def sample(self) -> torch.Tensor:
         """One draw of every gate (differentiable in ``log_alpha``), values in [0, 1]."""
         u = torch.empty_like(self.log_alpha).uniform_(self.eps, 1.0 - self.eps)
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.beta)
+        logits = torch.log(u) - torch.log1p(-u) + self.effective_log_alpha()
+        s = torch.sigmoid(logits / self.beta)
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
     def prob_nonzero(self) -> torch.Tensor:
         """P(z > 0) = sigmoid(log_alpha - beta * log(-gamma / zeta)), differentiable."""
-        return torch.sigmoid(self.log_alpha - self.beta * self._log_ratio)
+        return torch.sigmoid(self.effective_log_alpha() - self.beta * self._log_ratio)
 
     def deterministic_value(self) -> torch.Tensor:
         """The test-time gate value: the sample at median noise (u = 1/2), clamped.
@@ -105,7 +118,7 @@ class HardConcreteGate(nn.Module):
         for the mean itself): 1 for confident gates, smaller for hesitant ones, 0 below
         ``log_alpha = beta * log(-gamma / zeta)``. Detached: it fixes a structure.
         """
-        s = torch.sigmoid(self.log_alpha.detach() / self.beta)
+        s = torch.sigmoid(self.effective_log_alpha().detach() / self.beta)
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
     def expected_num_nonzero(self, per_row: bool = False) -> torch.Tensor:

@@ -6,6 +6,7 @@ from spruce.models.loading import (
     load_classifier,
     load_saved_classifier,
     resolve_model_source,
+    task_classifier_dir,
 )
 from spruce.models.structure import (
     ArchitectureDescription,
@@ -34,4 +35,5 @@ __all__ = [
     "load_saved_classifier",
     "register_description",
     "resolve_model_source",
+    "task_classifier_dir",
 ]

@@ -166,11 +166,14 @@ def saved_model_dir(path: str | Path, command: str = "spruce finetune") -> Path:
     return path
 
 
-def load_saved_classifier(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A model saved by spruce: ``DIR`` (a run's ``--out``) or ``DIR/model``."""
+def load_saved_classifier(
+    path: str | Path, *, spruce_only: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model saved by spruce: ``DIR`` (a run's ``--out``) or ``DIR/model``; with
+    ``spruce_only=False`` any saved sequence classifier."""
     path = saved_model_dir(path)
     config = load_config(str(path))
-    if not getattr(config, TASK_METADATA_KEY, None):
+    if spruce_only and not getattr(config, TASK_METADATA_KEY, None):
         raise SpruceError(
             f"{path} is not a model fine-tuned by spruce (no task metadata in config.json)",
             "fine-tune it with spruce finetune first",
@@ -180,3 +183,24 @@ def load_saved_classifier(path: str | Path) -> tuple[PreTrainedModel, PreTrained
         path,
     )
     return model, load_tokenizer(str(path))
+
+
+def task_classifier_dir(name: str | None, label_names: Sequence[str]) -> Path | None:
+    """The directory of ``name`` when it is a local, already fine-tuned sequence
+    classifier for exactly ``label_names`` (a ``spruce finetune`` output or any saved
+    ``*ForSequenceClassification``), else None: such a model can teach its own pruning."""
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    directory = path / "model" if (path / "model" / "config.json").is_file() else path
+    if not (directory / "config.json").is_file():
+        return None
+    try:
+        config = load_config(str(directory))
+    except SpruceError:
+        return None
+    architectures = getattr(config, "architectures", None) or []
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        return None
+    labels = [config.id2label.get(i) for i in range(config.num_labels)]
+    return directory if labels == list(label_names) else None

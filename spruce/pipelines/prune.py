@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,9 +36,10 @@ from spruce.pipelines.outputs import (
     task_texts,
     write_model_views,
 )
+from spruce.pipelines.recipe import plan_teacher, resolve_recipe
 from spruce.pruning.config import PruneConfig
-from spruce.pruning.phases import learn_l0_masks, phase_config, score_and_prune
-from spruce.report import write_report
+from spruce.pruning.phases import learn_l0_masks, learn_pdp_masks, phase_config, score_and_prune
+from spruce.report import plot_prune_phase, write_report
 from spruce.report.latency import measure_latency_table
 from spruce.train import Trainer, classification_loss, evaluate
 from spruce.train.checkpoint import phase_checkpoint
@@ -86,12 +88,16 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     start = time.perf_counter()
     run.prune.validate()
     run.transfer.validate()
-    check_compatible(run.transfer, run.prune)
+    check_compatible(run.transfer, plan_teacher(run.prune))
     configuration = _configuration(run)
     defaults = _configuration(at_defaults(run))
     device, task, checkpoint = begin_run(run, "prune", configuration, defaults)
+    prune, transfer, recipe = resolve_recipe(run.prune, run.transfer, run.model, task)
+    run = replace(run, prune=prune, transfer=transfer)
+    if "note" in recipe and context().is_main:
+        print(f"note: {recipe['note']}", file=sys.stderr)
     check_distill_texts(run.transfer, task)
-    student, tokenizer, source = _initial_model(run, task)
+    student, tokenizer, source = _initial_model(run, task, recipe)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
 
     def validate_on(model: PreTrainedModel):
@@ -165,7 +171,21 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         phases["auxiliary_stage"] = [phase_summary(r) for r in first.result.results]
         initial_gates = first.initial_gates
         aux_optimizers = []  # the target stages of sequential coupling see no auxiliary loss
-    if run.prune.method == "l0":
+    if run.prune.method == "pdp":
+        phase = learn_pdp_masks(
+            student,
+            loaders["train"],
+            run.train,
+            run.prune,
+            joint_loss(base_loss, auxiliary),
+            device,
+            run.progress,
+            [*extra_optimizers, *aux_optimizers],
+            checkpoint=checkpoint,
+            checkpoint_modules=[*distillers, *aux_state],
+            wrap_ddp=not aux_in_target,
+        )
+    elif run.prune.method == "l0":
         phase = learn_l0_masks(
             student,
             loaders["train"],
@@ -197,6 +217,8 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             wrap_ddp=not aux_in_target,
         )
     phases["prune"] = [phase_summary(r) for r in phase.results]
+    if phase.trajectory is not None:
+        phases["prune_trajectory"] = phase.trajectory
     masks = phase.masks
     compact = compact_model(student, masks)
 
@@ -238,6 +260,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     report.update(compact_summary(compact, dense_reference, masks, task.num_labels))
     report.update(
         {
+            "recipe": recipe,
             "method": run.prune.method,
             "units": list(run.prune.units),
             "target_sparsity": run.prune.target_sparsity,
@@ -300,10 +323,12 @@ def _auxiliary_objective(run, task, student, teacher, tokenizer, source, loaders
     return auxiliary
 
 
-def _initial_model(run: PruneRun, task: TaskData):
+def _initial_model(run: PruneRun, task: TaskData, recipe: dict[str, Any]):
     if not run.prune.teacher:
         return load_classifier(run.model, task.label_names)
-    model, tokenizer = load_saved_classifier(run.prune.teacher)
+    # --model as its own teacher may be any saved classifier; --teacher a spruce output.
+    spruce_only = recipe.get("teacher") != "model"
+    model, tokenizer = load_saved_classifier(run.prune.teacher, spruce_only=spruce_only)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if names != task.label_names:
         raise SpruceError(
@@ -332,5 +357,13 @@ def _write_outputs(run, task, report, compact, tokenizer, dense_reference, final
             max_length=run.max_length,
             curve_title="final fine-tune of the compact model",
         )
+        trajectory = report["phases"].get("prune_trajectory")
+        if trajectory:
+            plot_prune_phase(
+                trajectory,
+                staging / "prune_phase.png",
+                title=f"{report['task']}: pruning phase ({run.prune.method}, "
+                f"{run.prune.sparsity_control if run.prune.method == 'l0' else 'by construction'})",
+            )
         report["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_report(report, staging / "report.json")

@@ -6,12 +6,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from spruce.errors import SpruceError
+from spruce.masks.control import CONTROLS, RAMPS
 from spruce.masks.units import UNIT_TYPES
 from spruce.report.latency import RUNTIMES, compiler_available
 from spruce.train.distillation import DistillationConfig
 from spruce.utils.fields import checked_fields
 
-METHODS = ("l0", "magnitude", "taylor")
+METHODS = ("l0", "pdp", "magnitude", "taylor")
+RECIPES = ("distill", "plain")
 SCORED_UNITS = ("head", "ffn_neuron")  # what the score-based baselines remove
 
 
@@ -24,6 +26,9 @@ class PruneConfig:
     fine-tune of the compact model.
     """
 
+    # distill: a dense teacher, distilled on the labelled batches and the unlabelled text
+    # (spruce.pipelines.recipe); plain: the labelled data alone, with what options ask for.
+    recipe: str = "distill"
     method: str = "l0"
     target_sparsity: float = 0.5
     units: tuple[str, ...] | None = None  # None: every unit type the method can prune
@@ -32,6 +37,10 @@ class PruneConfig:
     prune_max_steps: int | None = None
     final_max_steps: int | None = None
     sparsity_warmup: float = 0.5
+    # exact: the expected size is held on the ramp by construction; lagrangian: CoFi's
+    # multipliers (spruce.masks.control says why they lag in short runs).
+    sparsity_control: str = "exact"
+    sparsity_ramp: str = "linear"
     lr_gates: float = 0.1
     lr_lambda: float = 0.1
     prune_rounds: int = 1
@@ -72,6 +81,20 @@ class PruneConfig:
                 f"--method {self.method} prunes heads and FFN neurons only",
                 "pass --units head,ffn_neuron or use --method l0",
             )
+        if self.method == "pdp" and self.prune_rounds != 1:
+            raise SpruceError(
+                "--prune-rounds applies to --method magnitude|taylor",
+                "drop --prune-rounds: pdp ramps its target within one phase",
+            )
+        for option, value, choices in (
+            ("--recipe", self.recipe, RECIPES),
+            ("--sparsity-control", self.sparsity_control, CONTROLS),
+            ("--sparsity-ramp", self.sparsity_ramp, RAMPS),
+        ):
+            if value not in choices:
+                raise SpruceError(
+                    f"{option} {value} is not known", f"use one of {', '.join(choices)}"
+                )
         if not 0 <= self.sparsity_warmup <= 1:
             raise SpruceError(f"--sparsity-warmup must be in [0, 1], got {self.sparsity_warmup}")
         for name in ("prune_epochs", "final_epochs", "lr_gates", "lr_lambda"):

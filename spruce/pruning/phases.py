@@ -3,6 +3,8 @@ full size (the masks act through hooks); compaction happens afterwards.
 
 ``l0``: hard-concrete gates and weights learn together under a Lagrangian that lands the
 expected sparsity on a target ramped up over a warm-up (CoFi).
+``pdp``: soft masks computed from the weights against a threshold that the ramped target
+sets; no mask parameters (:mod:`spruce.pruning.pdp`).
 ``magnitude`` / ``taylor``: score units with a criterion, remove the least important,
 fine-tune with the masks applied, and repeat for ``prune_rounds`` rounds.
 """
@@ -21,12 +23,14 @@ from spruce.compact import apply_masks
 from spruce.criteria import CRITERIA, accumulate_gradients
 from spruce.masks import UnitMasks
 from spruce.masks.accounting import expected_sparsity
+from spruce.masks.control import SparsityController, SparsityStep, make_optimizers
 from spruce.masks.gates import EncoderGates
-from spruce.masks.lagrangian import SparsityController, SparsityStep, make_optimizers
 from spruce.masks.switch import GateSwitch
 from spruce.models.structure import encoder_shape
 from spruce.pruning.config import PruneConfig
+from spruce.pruning.pdp import PDPMasks
 from spruce.pruning.selection import select_units
+from spruce.pruning.trajectory import TrajectoryLog
 from spruce.train import TrainConfig, Trainer, TrainResult
 from spruce.train.checkpoint import Checkpointer, phase_checkpoint, remember
 from spruce.train.distributed import context
@@ -43,6 +47,8 @@ class PhaseResult:
     results: list[TrainResult]
     gates: EncoderGates | None = None
     other_gates: dict[str, EncoderGates] = field(default_factory=dict)
+    # Per logged step of a learned-mask phase: sparsity, target, control, losses.
+    trajectory: dict[str, list[float]] | None = None
 
 
 AuxLoss = Callable[[PreTrainedModel, GateSwitch], tuple[torch.Tensor | None, dict[str, float]]]
@@ -115,6 +121,8 @@ def learn_l0_masks(
             prune.target_sparsity,
             warmup_steps=int(prune.sparsity_warmup * trainer_steps),
             start_sparsity=start if name == TARGET else 0.0,
+            control=prune.sparsity_control,
+            ramp=prune.sparsity_ramp,
         ).to(device)
         gate_optimizer, lambda_optimizer = make_optimizers(
             gate_set, controller, prune.lr_gates, prune.lr_lambda
@@ -124,8 +132,14 @@ def learn_l0_masks(
     switch = GateSwitch(gate_sets, TARGET)
     others = {name: g for name, g in gate_sets.items() if name != TARGET}
 
+    trajectory = TrajectoryLog(trainer_steps)
+    callbacks.append(trajectory)
+
     def loss_fn(model: PreTrainedModel, batch: dict[str, torch.Tensor]):
+        for name, gate_set in gate_sets.items():  # exact control: before the gates sample
+            controllers[name].place(gate_set)
         loss, stats = base_loss(model, batch)
+        stats = {**stats, "task_loss": float(loss.detach())}
         for name, gate_set in gate_sets.items():
             loss = loss + controllers[name].gate_penalty(gate_set)
         if extras.coupling_penalty is not None:
@@ -135,14 +149,14 @@ def learn_l0_masks(
             aux, aux_stats = extras.aux_loss(model, switch)
             loss = loss if aux is None else loss + aux
             stats = {**stats, **aux_stats}
-        c = controllers[TARGET].stats()
+        control = controllers[TARGET].stats()
         stats = {
             **stats,
-            "sparsity": c["expected_sparsity"],
-            "target": c["target_sparsity"],
-            "lambda1": c["lambda1"],
-            "lambda2": c["lambda2"],
+            "sparsity": control.pop("expected_sparsity"),
+            "target": control.pop("target_sparsity"),
+            **control,  # the shift, or the multipliers
         }
+        stats.pop("lagrangian", None)
         return loss, stats
 
     def set_mode(training: bool) -> None:
@@ -180,9 +194,77 @@ def learn_l0_masks(
         result = trainer.fit()
     finally:
         handle.remove()
+        for gate_set in gate_sets.values():
+            gate_set.set_offset(None)  # the last step's graph
     set_mode(False)
     masks = gates.deterministic_masks(target_sparsity=prune.target_sparsity)
-    return PhaseResult(masks=masks.detach(), results=[result], gates=gates, other_gates=others)
+    return PhaseResult(
+        masks=masks.detach(),
+        results=[result],
+        gates=gates,
+        other_gates=others,
+        trajectory=trajectory.columns(),
+    )
+
+
+def learn_pdp_masks(
+    model: PreTrainedModel,
+    loader: DataLoader,
+    train: TrainConfig,
+    prune: PruneConfig,
+    base_loss: LossFn,
+    device: torch.device,
+    progress: bool,
+    extra_optimizers: Sequence[torch.optim.Optimizer] = (),
+    checkpoint: Checkpointer | None = None,
+    checkpoint_modules: Sequence[Stateful] = (),
+    wrap_ddp: bool = True,
+) -> PhaseResult:
+    """PDP (:mod:`spruce.pruning.pdp`): weights train under soft masks computed from
+    themselves, the target ramped as for ``l0``; then the hard structure at the target."""
+    config = phase_config(train, prune.prune_epochs, prune.prune_max_steps)
+    trainer_steps = config.max_steps or max(1, round(config.epochs * len(loader)))
+    schedule = SparsityController(
+        prune.target_sparsity,
+        warmup_steps=int(prune.sparsity_warmup * trainer_steps),
+        ramp=prune.sparsity_ramp,
+    )
+    model.to(device)
+    source = PDPMasks(model, encoder_shape(model.config), schedule)
+    trajectory = TrajectoryLog(trainer_steps)
+
+    def advance(trainer: Trainer, step: int, stats: dict[str, float]) -> None:
+        source.step = step  # the target of the next forward pass
+
+    def loss_fn(model: PreTrainedModel, batch: dict[str, torch.Tensor]):
+        loss, stats = base_loss(model, batch)
+        last = source.last
+        return loss, {
+            **stats,
+            "task_loss": float(loss.detach()),
+            "sparsity": last.get("expected_sparsity", 0.0),
+            "target": last.get("target_sparsity", 0.0),
+            "soft_sparsity": last.get("soft_sparsity", 0.0),
+        }
+
+    with apply_masks(model, source):
+        result = Trainer(
+            model,
+            loader,
+            config,
+            loss_fn=loss_fn,
+            callbacks=[advance, trajectory],
+            extra_optimizers=extra_optimizers,
+            keep_best=False,
+            device=device,
+            progress=progress,
+            description="prune (pdp)",
+            checkpoint=phase_checkpoint(checkpoint, "prune"),
+            checkpoint_modules=[*checkpoint_modules, source],
+            wrap_ddp=wrap_ddp,
+        ).fit()
+    masks = source.final_masks(prune.size_multiple)
+    return PhaseResult(masks=masks, results=[result], trajectory=trajectory.columns())
 
 
 def score_and_prune(

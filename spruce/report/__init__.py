@@ -2,7 +2,7 @@
 
 from spruce.report.metrics import METRICS, compute_metrics
 from spruce.report.params import count_parameters
-from spruce.report.plots import plot_learning_curve
+from spruce.report.plots import plot_learning_curve, plot_prune_phase
 from spruce.report.writer import read_report, write_report
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "compute_metrics",
     "count_parameters",
     "plot_learning_curve",
+    "plot_prune_phase",
     "read_report",
     "write_report",
 ]

@@ -54,3 +54,45 @@ def plot_learning_curve(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# Trajectory columns that are not losses (the rest of a pruning trajectory's columns are).
+_CONTROL_COLUMNS = (
+    "step", "sparsity", "target", "soft_sparsity", "shift", "lambda1", "lambda2"
+)  # fmt: skip
+
+
+def plot_prune_phase(trajectory: dict[str, list], path: Path, title: str = "") -> None:
+    """The pruning phase from a report's trajectory columns: expected against target
+    sparsity (and the control: the shift or the multipliers), and every loss."""
+    steps = trajectory.get("step", [])
+    fig, (ax_size, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_size.plot(steps, trajectory.get("target", []), color="black", ls="--", label="target")
+    ax_size.plot(steps, trajectory.get("sparsity", []), color="tab:red", label="expected")
+    if "soft_sparsity" in trajectory:  # PDP: the soft masks' size beside the threshold's
+        soft = _values(trajectory["soft_sparsity"])
+        ax_size.plot(steps, soft, color="tab:orange", lw=1, label="soft masks")
+    ax_size.set(xlabel="step", ylabel="encoder sparsity", title="sparsity", ylim=(0, 1))
+    ax_size.legend(loc="upper left")
+    control = [c for c in ("shift", "lambda1", "lambda2") if c in trajectory]
+    if control:
+        ax_control = ax_size.twinx()
+        for name, color in zip(control, ("tab:gray", "tab:purple", "tab:olive"), strict=False):
+            ax_control.plot(steps, _values(trajectory[name]), color=color, lw=1, label=name)
+        ax_control.set_ylabel(" / ".join(control))
+        ax_control.legend(loc="lower right")
+    for name, values in trajectory.items():
+        if name not in _CONTROL_COLUMNS:
+            ax_loss.plot(steps, _values(values), lw=1, label=name)
+    ax_loss.set(xlabel="step", ylabel="loss", title="losses")
+    if len(trajectory) > len(_CONTROL_COLUMNS) - 2:
+        ax_loss.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _values(column: Sequence[float | None]) -> list[float]:
+    return [float("nan") if value is None else value for value in column]

@@ -177,6 +177,6 @@ def optimizer_parameters(optimizers: Iterable[torch.optim.Optimizer]) -> list[to
 
 def owned_optimizers(obj: object) -> list[torch.optim.Optimizer]:
     """The optimizers an object (a trainer callback) holds as attributes, e.g. the gate
-    and multiplier optimizers of :class:`~spruce.masks.lagrangian.SparsityStep`."""
+    and multiplier optimizers of :class:`~spruce.masks.control.SparsityStep`."""
     attributes = getattr(obj, "__dict__", {})
     return [value for value in attributes.values() if isinstance(value, torch.optim.Optimizer)]

@@ -18,12 +18,16 @@ from torch.utils.data.distributed import DistributedSampler
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, read_table, tokenize_split
-from spruce.data.columns import PAIR_COLUMNS, SINGLE_COLUMNS, resolve_columns
+from spruce.data.unlabelled import (
+    TEXT_SUFFIXES,
+    canonical_texts,
+    read_text_lines,
+    read_texts_like,
+    string_text_columns,
+)
 from spruce.errors import SpruceError
 from spruce.train.rng import generator_state, set_generator_state
 from spruce.transfer.config import AuxTask
-
-TEXT_SUFFIXES = (".txt", ".text")
 
 
 class Stream:
@@ -140,10 +144,10 @@ def mlm_texts(task: AuxTask, target: TaskData) -> datasets.Dataset:
         return _target_texts(target)
     path = Path(task.path)
     if path.suffix.lower() in TEXT_SUFFIXES:
-        return _read_lines(path)
+        return read_text_lines(path)
     table = read_table(task.path, split="train")
-    columns = list(task.text_columns) if task.text_columns else _text_columns(table, task.path)
-    return _canonical_texts(table, columns, task.path)
+    columns = list(task.text_columns or string_text_columns(table, task.path))
+    return canonical_texts(table, columns, task.path)
 
 
 def distill_texts(task: AuxTask, target: TaskData) -> datasets.Dataset:
@@ -154,100 +158,18 @@ def distill_texts(task: AuxTask, target: TaskData) -> datasets.Dataset:
     Labels, if the file has any, are dropped."""
     if task.path is None:
         return _target_texts(target)
-    path, shape = Path(task.path), "sentence pairs" if target.is_pair else "single texts"
-    if path.suffix.lower() in TEXT_SUFFIXES:
-        if target.is_pair:
-            raise SpruceError(
-                f"--aux distill:{task.path} has one text per line, but the target task "
-                "reads sentence pairs",
-                "give a data file with two text columns (--aux-text-columns FIRST,SECOND)",
-            )
-        return _read_lines(path)
-    table = read_table(task.path, split="train")
-    if task.text_columns:
-        columns = list(task.text_columns)
-    elif all(c in table.column_names for c in target.columns.text_columns):
-        columns = list(target.columns.text_columns)
-    else:
-        columns = _detected_text_columns(table, target.is_pair, task.path)
-    if len(columns) != len(target.columns.text_columns):
-        raise SpruceError(
-            f"--aux distill:{task.path} gives {len(columns)} text column(s) "
-            f"({', '.join(columns)}), the target task reads {shape}",
-            f"pass --aux-text-columns with {'two' if target.is_pair else 'one'} of its columns",
-        )
-    return _canonical_texts(table, columns, task.path)
+    return read_texts_like(
+        task.path,
+        target.columns.text_columns,
+        task.text_columns,
+        option=f"--aux distill:{task.path}",
+        columns_option="--aux-text-columns",
+    )
 
 
 def _target_texts(target: TaskData) -> datasets.Dataset:
     texts = target.unlabelled if target.unlabelled is not None else target.train
     return texts.select_columns([c for c in ("text_a", "text_b") if c in texts.column_names])
-
-
-def _canonical_texts(table: datasets.Dataset, columns: list[str], where: str) -> datasets.Dataset:
-    """``columns`` of ``table`` as ``text_a`` (and ``text_b``), every value a string."""
-    missing = [c for c in columns if c not in table.column_names]
-    if missing or not 1 <= len(columns) <= 2:
-        raise SpruceError(
-            f"{where}: cannot use text columns {', '.join(columns)} "
-            f"(columns are {', '.join(table.column_names)})",
-            "pass --aux-text-columns with one or two of its columns",
-        )
-    renamed = {old: new for old, new in zip(columns, ("text_a", "text_b"), strict=False)}
-    table = table.select_columns(columns).rename_columns(renamed)
-    return table.map(lambda row: {k: "" if v is None else str(v) for k, v in row.items()})
-
-
-def _text_columns(table: datasets.Dataset, where: str) -> list[str]:
-    """The text columns of a labelled file as for a task, else the one string column."""
-    try:
-        return list(resolve_columns(table, None, None, where).text_columns)
-    except SpruceError:
-        strings = [
-            name
-            for name, feature in table.features.items()
-            if getattr(feature, "dtype", None) in ("string", "large_string")
-        ]
-        if len(strings) == 1:
-            return strings
-        raise SpruceError(
-            f"cannot tell which column of {where} holds the text "
-            f"(columns: {', '.join(table.column_names)})",
-            "pass --aux-text-columns NAME",
-        ) from None
-
-
-def _detected_text_columns(table: datasets.Dataset, pair: bool, where: str) -> list[str]:
-    """The known pair (or single-text) column names of a file that may have no label."""
-    names = table.column_names
-    if pair:
-        found = [list(p) for p in PAIR_COLUMNS if all(n in names for n in p)]
-    else:
-        found = [[n] for n in SINGLE_COLUMNS if n in names]
-    if found:
-        return found[0]
-    if not pair:
-        return _text_columns(table, where)  # the one string column
-    raise SpruceError(
-        f"cannot tell which two columns of {where} hold the sentence pairs "
-        f"(columns: {', '.join(names)})",
-        "pass --aux-text-columns FIRST,SECOND",
-    )
-
-
-def _read_lines(path: Path) -> datasets.Dataset:
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as error:
-        raise SpruceError(
-            f"{path} is not UTF-8 text (byte {error.start})", "convert it to UTF-8"
-        ) from None
-    except OSError as error:
-        raise SpruceError(f"cannot read {path}: {error.strerror}", "check the path") from None
-    documents = [line.strip() for line in lines if line.strip()]
-    if not documents:
-        raise SpruceError(f"{path} holds no text", "write one document per line")
-    return datasets.Dataset.from_dict({"text_a": documents})
 
 
 def mlm_stream(

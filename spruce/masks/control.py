@@ -1,20 +1,29 @@
-"""Sparsity control: a Lagrangian that holds the expected sparsity on a (ramped) target.
+"""Sparsity control: hold the gates' expected sparsity on a target ramped over a warm-up.
 
-``penalty = lambda1 * (s - t) + lambda2 * (s - t) ** 2`` is added to the task loss. The
-gates *minimize* it (they trade task loss against size), the multipliers *maximize* it:
-a plain penalty only balances the task loss at some sparsity, whereas ascent on lambda
-keeps growing the pressure until ``s`` sits on ``t``. Concretely, ``d penalty / d lambda1
-= s - t``: ascent makes lambda1 negative while the model is too dense, which then rewards
-sparsity, and positive when it overshoots; lambda2 only grows and stiffens the pull.
+Two controls (``--sparsity-control``):
 
-Ascent is done by a second optimizer built with ``maximize=True`` (torch's AdamW and SGD
-support it); :func:`make_optimizers` returns both. Do not put the lambdas in the model's
-optimizer, and give neither optimizer weight decay (it would pull log_alpha and lambda to
-0, i.e. towards keep probability 0.83 and no control).
+``exact`` (the default) meets the expected size *by construction*. Before each step,
+a common shift ``b`` of every log_alpha of a gate set is solved for (bisection: the
+expected sparsity falls monotonically in ``b``) so that the expected sparsity equals the
+step's target. The shift enters the step with its implicit gradient,
+``d b / d log_alpha_i = -(d s / d log_alpha_i) / (d s / d b)``, which removes from the
+gates' gradient its common part (a move of every log_alpha alike, which the next solve
+would undo): what reaches the gates only ranks units against each other, so they
+compete for the budget instead of all drifting with the task's wish to keep everything
+(Adam would turn such a drift into equal steps for all). There are no multipliers to
+tune, and the size cannot lag the schedule.
 
-The target ramps linearly from ``start_sparsity`` to ``target_sparsity`` over
-``warmup_steps`` (CoFi's Lagrangian warm-up), so the model is not asked to lose most of
-its weights on the first steps.
+``lagrangian`` (CoFi): ``penalty = lambda1 * (s - t) + lambda2 * (s - t) ** 2`` is added
+to the task loss; the gates *minimize* it, the multipliers *maximize* it (a second
+optimizer with ``maximize=True``), so the pressure grows until ``s`` sits on ``t``.
+Why it misses in short runs (docs/results.md, "Sparsity that tracks its schedule"):
+Adam moves each log_alpha by about ``lr_gates`` per step whatever the pull, so
+the gates cannot follow a ramp steeper than that; lambda1 integrates the error from 0,
+so the pull builds up late and then overshoots (an integral-only controller); and its
+balance with the task loss depends on the task loss's scale.
+
+The target ramps from ``start_sparsity`` to ``target_sparsity`` over ``warmup_steps``,
+linearly (CoFi) or cubically (movement pruning: fast first, gentle near the target).
 """
 
 from __future__ import annotations
@@ -29,17 +38,33 @@ from spruce.masks.gates import EncoderGates
 
 DEFAULT_LR_GATES = 0.1
 DEFAULT_LR_LAMBDA = 0.1
+CONTROLS = ("exact", "lagrangian")
+RAMPS = ("linear", "cubic")
+# The shift is searched in [-SHIFT_RANGE, SHIFT_RANGE]: at +-40 every keep probability is
+# 1 or 0 to float precision, so a target outside that range is unreachable anyway.
+SHIFT_RANGE = 40.0
+BISECTION_STEPS = 48  # 80 / 2**48: far below a float32 log_alpha's resolution
 
 
 class SparsityController(nn.Module):
-    """Learned multipliers lambda1, lambda2 (init 0) and the target schedule."""
+    """The target schedule and its control: the exact shift, or learned multipliers
+    lambda1, lambda2 (init 0)."""
 
     def __init__(
-        self, target_sparsity: float, *, warmup_steps: int = 0, start_sparsity: float = 0.0
+        self,
+        target_sparsity: float,
+        *,
+        warmup_steps: int = 0,
+        start_sparsity: float = 0.0,
+        control: str = "exact",
+        ramp: str = "linear",
     ) -> None:
         super().__init__()
         if not 0.0 <= target_sparsity < 1.0 or not 0.0 <= start_sparsity < 1.0:
             raise ValueError("sparsities must lie in [0, 1)")
+        if control not in CONTROLS or ramp not in RAMPS:
+            raise ValueError(f"control must be one of {CONTROLS}, ramp one of {RAMPS}")
+        self.control, self.ramp = control, ramp
         self.target_sparsity = float(target_sparsity)
         self.start_sparsity = float(start_sparsity)
         self.warmup_steps = int(warmup_steps)
@@ -51,15 +76,43 @@ class SparsityController(nn.Module):
         self._last: dict[str, float] = {}
 
     def target_at(self, step: int) -> float:
-        """The target after ``step`` steps: a linear ramp, then flat."""
+        """The target after ``step`` steps: the ramp, then flat."""
         if self.warmup_steps <= 0:
             return self.target_sparsity
         fraction = min(1.0, max(0, step) / self.warmup_steps)
+        if self.ramp == "cubic":
+            fraction = 1.0 - (1.0 - fraction) ** 3
         return self.start_sparsity + (self.target_sparsity - self.start_sparsity) * fraction
+
+    def place(self, gates: EncoderGates, step: int | None = None) -> None:
+        """Exact control: shift ``gates`` so that their expected sparsity is this step's
+        target, with the shift's implicit gradient attached (see the module doc). Call
+        it before the forward pass that samples the gates; a no-op for ``lagrangian``."""
+        if self.control != "exact":
+            return
+        step = int(self.num_steps) if step is None else step
+        target = self.target_at(step)
+        shift = solve_shift(gates, target)
+        gates.set_shift(shift)
+        expected = expected_sparsity(gates)  # a graph in the log_alphas, at the shift
+        parameters = [p for p in gates.parameters() if p.requires_grad]
+        slope = 0.0
+        if torch.is_grad_enabled() and parameters and expected.requires_grad:
+            grads = torch.autograd.grad(expected, parameters, retain_graph=True)
+            slope = float(sum(g.sum() for g in grads))  # d expected / d shift (< 0)
+        if slope < 0.0:
+            gates.set_offset((expected - expected.detach()) / -slope)
+        self._last = {
+            "expected_sparsity": float(expected.detach()),
+            "target_sparsity": target,
+            "shift": shift,
+        }
 
     def penalty(self, expected: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """The Lagrangian term for expected sparsity ``expected`` (differentiable in both
-        the gates and the lambdas)."""
+        the gates and the lambdas); 0 under exact control, which :meth:`place` holds."""
+        if self.control == "exact":
+            return torch.zeros((), device=expected.device)
         step = int(self.num_steps) if step is None else step
         target = self.target_at(step)
         gap = expected - target
@@ -82,11 +135,27 @@ class SparsityController(nn.Module):
         return [self.lambda1, self.lambda2]
 
     def stats(self) -> dict[str, float]:
-        """Values of the last :meth:`penalty` call, for a progress bar or log."""
+        """Values of the last :meth:`place` or :meth:`penalty` call, for a progress bar
+        or log: expected and target sparsity, and the shift or the multipliers."""
         return dict(self._last)
 
     def advance(self, steps: int = 1) -> None:
         self.num_steps += steps
+
+
+def solve_shift(gates: EncoderGates, target: float) -> float:
+    """The common log_alpha shift at which ``gates`` expect ``target`` sparsity (bisection;
+    clamped to +-``SHIFT_RANGE`` when the target is out of reach)."""
+    low, high = -SHIFT_RANGE, SHIFT_RANGE  # sparsity(low) ~ 1 >= target >= sparsity(high)
+    with torch.no_grad():
+        for _ in range(BISECTION_STEPS):
+            middle = 0.5 * (low + high)
+            gates.set_shift(middle)
+            if float(expected_sparsity(gates)) > target:
+                low = middle  # too sparse: shift up, keep more
+            else:
+                high = middle
+    return 0.5 * (low + high)
 
 
 def make_optimizers(
