@@ -260,8 +260,7 @@ def build_objective(
 def no_teacher_error() -> SpruceError:
     """What ``--aux distill`` without ``--teacher`` or ``--distill`` reports."""
     return SpruceError(
-        "--aux distill learns the dense teacher's predictions, and --recipe plain has no "
-        "teacher",
+        "--aux distill learns the dense teacher's predictions, and --recipe plain has no teacher",
         "add --teacher DIR (a spruce finetune output) or --distill, or drop --recipe plain",
     )
 
