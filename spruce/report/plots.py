@@ -58,7 +58,7 @@ def plot_learning_curve(
 
 # Trajectory columns that are not losses (the rest of a pruning trajectory's columns are).
 _CONTROL_COLUMNS = (
-    "step", "sparsity", "target", "soft_sparsity", "shift", "lambda1", "lambda2"
+    "step", "sparsity", "target", "soft_sparsity", "shift", "lambda1", "lambda2", "aux_w"
 )  # fmt: skip
 
 
@@ -81,11 +81,11 @@ def plot_prune_phase(trajectory: dict[str, list], path: Path, title: str = "") -
             ax_control.plot(steps, _values(trajectory[name]), color=color, lw=1, label=name)
         ax_control.set_ylabel(" / ".join(control))
         ax_control.legend(loc="lower right")
-    for name, values in trajectory.items():
-        if name not in _CONTROL_COLUMNS:
-            ax_loss.plot(steps, _values(values), lw=1, label=name)
+    losses = {name: values for name, values in trajectory.items() if name not in _CONTROL_COLUMNS}
+    for name, values in losses.items():
+        ax_loss.plot(steps, _values(values), lw=1, label=name)
     ax_loss.set(xlabel="step", ylabel="loss", title="losses")
-    if len(trajectory) > len(_CONTROL_COLUMNS) - 2:
+    if losses:
         ax_loss.legend(fontsize="small")
     if title:
         fig.suptitle(title)
