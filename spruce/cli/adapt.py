@@ -9,6 +9,7 @@ from spruce.adapters.config import KINDS
 from spruce.cli import options
 from spruce.cli.parsing import fraction, positive_float, positive_int
 from spruce.errors import SpruceError
+from spruce.masks.control import CONTROLS
 from spruce.models.loading import DEFAULT_MODEL
 from spruce.pipelines.adapt import AdaptRun, run_adapt
 from spruce.spa.config import AdaptConfig, criterion_names
@@ -86,6 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="no adapters, every weight learns (the baseline adapters are compared with)",
     )
     group.add_argument("--size-multiple", type=positive_int, default=d.size_multiple)
+    group.add_argument(
+        "--sparsity-control",
+        choices=CONTROLS,
+        default=d.sparsity_control,
+        help="--criterion l0: exact holds the expected sparsity on the ramp by construction; "
+        "lagrangian: CoFi's learned multipliers (--lr-lambda)",
+    )
     group.add_argument("--lr-gates", type=positive_float, default=d.lr_gates)
     group.add_argument("--lr-lambda", type=positive_float, default=d.lr_lambda)
     group.add_argument(
@@ -188,6 +196,7 @@ def handle(args: argparse.Namespace) -> int:
         size_multiple=args.size_multiple,
         lr_gates=args.lr_gates,
         lr_lambda=args.lr_lambda,
+        sparsity_control=args.sparsity_control,
         export_onnx=not args.no_onnx,
         measure_latency=not args.no_latency,
         latency_repeats=args.latency_repeats,

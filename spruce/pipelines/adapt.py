@@ -189,6 +189,7 @@ def _prune(
         prune_epochs=settings.epochs_per_round * settings.prune_rounds,
         prune_rounds=settings.prune_rounds,
         sparsity_warmup=settings.sparsity_warmup,
+        sparsity_control=settings.sparsity_control,
         lr_gates=settings.lr_gates,
         lr_lambda=settings.lr_lambda,
         size_multiple=settings.size_multiple,

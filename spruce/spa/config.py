@@ -9,6 +9,7 @@ from typing import Any
 from spruce.adapters import AdapterConfig
 from spruce.adapters.config import block_shape
 from spruce.errors import SpruceError
+from spruce.masks.control import CONTROLS
 
 TRANSFORMER_ADAPTERS = ("splora", "splopa")
 LEARNED = "l0"  # hard-concrete masks instead of a criterion
@@ -45,6 +46,8 @@ class AdaptConfig:
     # FFN widths of the result are multiples of this (faster matrix products on CPUs).
     size_multiple: int = 8
     sparsity_warmup: float = 0.5
+    # l0 criterion: see spruce.masks.control (exact: on the ramp by construction).
+    sparsity_control: str = "exact"
     lr_gates: float = 0.1
     lr_lambda: float = 0.1
     export_onnx: bool = True
@@ -92,6 +95,11 @@ class AdaptConfig:
                 raise SpruceError(f"--{name.replace('_', '-')} must be positive")
         if not 0 <= self.sparsity_warmup <= 1:
             raise SpruceError(f"sparsity_warmup must be in [0, 1], got {self.sparsity_warmup}")
+        if self.sparsity_control not in CONTROLS:
+            raise SpruceError(
+                f"--sparsity-control {self.sparsity_control} is not known",
+                f"use one of {', '.join(CONTROLS)}",
+            )
         for name in ("prune_rounds", "size_multiple", "latency_repeats"):
             if getattr(self, name) < 1:
                 raise SpruceError(f"--{name.replace('_', '-')} must be at least 1")
@@ -126,7 +134,7 @@ _BOOLS = ("fine_prune", "export_onnx", "measure_latency")
 def _check_types(config: AdaptConfig) -> None:
     """Settings also come from JSON (reports, grids): a wrong type is named, not a
     ``TypeError`` deep in a comparison."""
-    for name in ("adapter", "criterion"):
+    for name in ("adapter", "criterion", "sparsity_control"):
         if not isinstance(getattr(config, name), str):
             raise SpruceError(f"adapt setting '{name}' must be text, got {getattr(config, name)!r}")
     for name in _FLOATS:
