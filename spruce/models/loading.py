@@ -194,16 +194,13 @@ def task_classifier_dir(name: str | None, label_names: Sequence[str]) -> Path | 
     ``*ForSequenceClassification``), else None: such a model can teach its own pruning."""
     if name is None:
         return None
-    path = Path(name).expanduser()
-    directory = path / "model" if (path / "model" / "config.json").is_file() else path
-    if not (directory / "config.json").is_file():
-        return None
     try:
+        directory = saved_model_dir(Path(name).expanduser())
         config = load_config(str(directory))
     except SpruceError:
         return None
     architectures = getattr(config, "architectures", None) or []
-    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+    if not any(kind.endswith("ForSequenceClassification") for kind in architectures):
         return None
     labels = [config.id2label.get(i) for i in range(config.num_labels)]
     return directory if labels == list(label_names) else None

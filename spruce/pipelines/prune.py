@@ -171,21 +171,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         phases["auxiliary_stage"] = [phase_summary(r) for r in first.result.results]
         initial_gates = first.initial_gates
         aux_optimizers = []  # the target stages of sequential coupling see no auxiliary loss
-    if run.prune.method == "pdp":
-        phase = learn_pdp_masks(
-            student,
-            loaders["train"],
-            run.train,
-            run.prune,
-            joint_loss(base_loss, auxiliary),
-            device,
-            run.progress,
-            [*extra_optimizers, *aux_optimizers],
-            checkpoint=checkpoint,
-            checkpoint_modules=[*distillers, *aux_state],
-            wrap_ddp=not aux_in_target,
-        )
-    elif run.prune.method == "l0":
+    if run.prune.method == "l0":
         phase = learn_l0_masks(
             student,
             loaders["train"],
@@ -202,8 +188,9 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             checkpoint=checkpoint,
             checkpoint_modules=[*distillers, *aux_state],
         )
-    else:
-        phase = score_and_prune(
+    else:  # pdp, magnitude, taylor: one shared structure, any joint auxiliary loss
+        learn = learn_pdp_masks if run.prune.method == "pdp" else score_and_prune
+        phase = learn(
             student,
             loaders["train"],
             run.train,

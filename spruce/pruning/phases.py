@@ -78,6 +78,11 @@ def phase_config(train: TrainConfig, epochs: float, max_steps: int | None) -> Tr
     return replace(train, epochs=max(epochs, 1e-9), max_steps=max_steps, patience=None)
 
 
+def phase_steps(config: TrainConfig, loader: DataLoader) -> int:
+    """Optimizer steps of a phase run with ``config`` over ``loader``."""
+    return config.max_steps or max(1, round(config.epochs * len(loader)))
+
+
 def learn_l0_masks(
     model: PreTrainedModel,
     loader: DataLoader,
@@ -109,7 +114,7 @@ def learn_l0_masks(
 
     gates = extras.initial_gates.to(device) if extras.initial_gates is not None else new_gates()
     gate_sets = {TARGET: gates, **{name: new_gates() for name in extras.other_gate_sets}}
-    trainer_steps = config.max_steps or max(1, round(config.epochs * len(loader)))
+    trainer_steps = phase_steps(config, loader)
     # Transferred gates are already sparse: ramp from where they stand, not from 0, so the
     # multipliers do not first push them back towards dense.
     with torch.no_grad():
@@ -223,7 +228,7 @@ def learn_pdp_masks(
     """PDP (:mod:`spruce.pruning.pdp`): weights train under soft masks computed from
     themselves, the target ramped as for ``l0``; then the hard structure at the target."""
     config = phase_config(train, prune.prune_epochs, prune.prune_max_steps)
-    trainer_steps = config.max_steps or max(1, round(config.epochs * len(loader)))
+    trainer_steps = phase_steps(config, loader)
     schedule = SparsityController(
         prune.target_sparsity,
         warmup_steps=int(prune.sparsity_warmup * trainer_steps),
