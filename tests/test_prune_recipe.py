@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 from test_cli_errors import assert_nothing_written, assert_user_error, run_cli
 
 from spruce.cli.main import main
+from spruce.data.augment import augment_texts
 from tiny_models import write_sentiment_files
 
 FAST = [
@@ -183,4 +185,39 @@ def test_bad_unlabelled_files_exit_2_with_one_line_and_write_nothing(
          "--unlabelled", path, "--out", out, "--quiet"],
     )  # fmt: skip
     assert_user_error(code, stdout, err, *fragments)
+    assert_nothing_written(out)
+
+
+def test_concat_augmentation_joins_every_text_with_another_once():
+    texts = datasets.Dataset.from_dict({"text_a": [f"t{i}" for i in range(7)]})
+    joined = augment_texts(texts, "concat", seed=3)["text_a"]
+    firsts, seconds = zip(*(row.split(" ") for row in joined), strict=True)
+    assert list(firsts) == texts["text_a"]  # row i starts with text i
+    assert sorted(seconds) == sorted(texts["text_a"])  # every text is a partner once
+    assert all(a != b for a, b in zip(firsts, seconds, strict=True))
+    assert augment_texts(texts, "none", seed=3) is texts
+
+
+def test_default_recipe_distils_on_joined_unlabelled_texts(tiny_models, data, tmp_path):
+    report = prune(
+        tiny_models["bert"], data, tmp_path / "out", "--target-sparsity", "0.5",
+        "--max-train-samples", "48", "--prune-max-steps", "4", "--aux-augment", "concat",
+    )  # fmt: skip
+    assert report["config"]["transfer"]["augment"] == "concat"
+    assert report["transfer"]["augment"] == "concat"
+    assert report["transfer"]["aux"][0]["kind"] == "distill"
+
+
+def test_concat_augmentation_of_sentence_pairs_exits_2_before_training(
+    tiny_models, tmp_path, capsys
+):
+    pairs = write_sentiment_files(tmp_path / "pairs", n_train=48, pair=True)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        capsys,
+        ["prune", "--model", tiny_models["bert"], "--train", pairs["train"],
+         "--max-train-samples", "16", "--aux-augment", "concat", "--out", out, "--quiet"],
+    )  # fmt: skip
+    assert_user_error(code, stdout, err, "--aux-augment", "sentence pairs")
+    assert "teacher" not in stdout + err
     assert_nothing_written(out)

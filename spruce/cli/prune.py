@@ -9,6 +9,7 @@ from pathlib import Path
 
 from spruce.cli import options
 from spruce.cli.parsing import fraction, name_list, positive_float, positive_int
+from spruce.data.augment import AUGMENTS
 from spruce.errors import SpruceError
 from spruce.masks.control import CONTROLS, RAMPS
 from spruce.masks.units import UNIT_TYPES
@@ -212,6 +213,12 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--aux-batch-size", type=positive_int)
     group.add_argument("--mlm-probability", type=fraction, default=t.mlm_probability)
+    group.add_argument(
+        "--aux-augment",
+        choices=AUGMENTS,
+        default=t.augment,
+        help="distill: augment its unlabelled text (concat: join each text with another)",
+    )
 
 
 def transfer_config(args: argparse.Namespace) -> TransferConfig:
@@ -247,6 +254,7 @@ def transfer_config(args: argparse.Namespace) -> TransferConfig:
         aux_steps=args.aux_steps,
         aux_batch_size=args.aux_batch_size,
         mlm_probability=args.mlm_probability,
+        augment=args.aux_augment,
     ).validate()
 
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from spruce.data.augment import AUGMENTS
 from spruce.errors import SpruceError
 from spruce.utils.fields import checked_fields
 
@@ -148,6 +149,7 @@ class TransferConfig:
     aux_steps: int | None = None  # sequential: first-stage steps (None: the pruning phase's)
     aux_batch_size: int | None = None  # None: the target's batch size
     mlm_probability: float = 0.15
+    augment: str = "none"  # distill's unlabelled text: spruce.data.augment.AUGMENTS
 
     def validate(self) -> TransferConfig:
         self.aux = tuple(task.validate() for task in self.aux)
@@ -170,6 +172,7 @@ class TransferConfig:
             raise SpruceError("--aux-batch-size must be at least 1")
         if not 0 < self.mlm_probability < 1:
             raise SpruceError("--mlm-probability must be in (0, 1)")
+        _choose("--aux-augment", self.augment, AUGMENTS)
         return self
 
     @property
@@ -261,7 +264,7 @@ def check_keys(values: Mapping[str, Any], known: list[str], what: str) -> None:
 _IGNORED_OPTIONS = {
     "none": ("aux", "aux-weight", "aux-ratio", "aux-steps", "aux-schedule", "transfer",
              "tie-strength", "aux-text-columns", "aux-label-column", "aux-batch-size",
-             "mlm-probability"),
+             "mlm-probability", "aux-augment"),
     "sequential": ("aux-schedule", "tie-strength"),
     "joint": ("aux-steps", "tie-strength"),
     "tied": ("aux-steps", "transfer"),

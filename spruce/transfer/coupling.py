@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from spruce.data import TaskData
+from spruce.data.augment import augment_texts
 from spruce.errors import SpruceError
 from spruce.masks.gates import EncoderGates
 from spruce.masks.units import UnitMasks
@@ -55,10 +56,12 @@ def check_compatible(transfer: TransferConfig, prune: PruneConfig) -> None:
 def check_distill_texts(transfer: TransferConfig, target: TaskData) -> None:
     """Read every ``distill`` task's text once, so that a file that does not fit the
     target's text shape fails before the teacher's fine-tune (which may take hours), not
-    after it, when the auxiliary tasks are built."""
+    after it, when the auxiliary tasks are built; likewise a ``--aux-augment`` that does
+    not fit the target (joining sentence pairs)."""
     for task in transfer.aux if transfer.active else ():
         if task.kind == "distill":
-            distill_texts(task, target)
+            texts = distill_texts(task, target)
+            augment_texts(texts.select(range(min(2, len(texts)))), transfer.augment, 0)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spruce.data import TaskData
+from spruce.data.augment import augment_texts
 from spruce.errors import SpruceError
 from spruce.masks.gates import EncoderGates
 from spruce.masks.switch import GateSwitch
@@ -233,7 +234,7 @@ def build_objective(
         elif task.kind == "distill":
             if teacher is None:
                 raise no_teacher_error()
-            texts = distill_texts(task, target)
+            texts = augment_texts(distill_texts(task, target), config.augment, stream_seed)
             head, pretrained = DistillHead(teacher, temperature), False
             stream = text_stream(texts, tokenizer, batch_size, max_length, stream_seed, **shard)
             examples = len(texts)
