@@ -10,7 +10,7 @@ import datasets
 from spruce.data.columns import ColumnSpec, infer_label_names, resolve_columns, to_canonical
 from spruce.data.readers import read_table
 from spruce.data.sampling import stratified_sample
-from spruce.data.unlabelled import read_texts_like
+from spruce.data.unlabelled import TextColumnsError, read_texts_like
 from spruce.errors import SpruceError
 
 
@@ -144,20 +144,15 @@ def read_unlabelled(path: str, columns: ColumnSpec) -> datasets.Dataset:
         texts = read_texts_like(
             path, columns.text_columns, option=option, columns_option="--text-columns"
         )
-    except SpruceError as error:
-        if "column" not in error.problem and "pairs" not in error.problem:
-            # Unreadable, missing or empty: the reader's message, naming the option.
-            named = (
-                error.problem
-                if "--unlabelled" in error.problem
-                else f"--unlabelled: {error.problem}"
-            )
-            raise SpruceError(named, error.fix) from None
+    except TextColumnsError as error:
         raise SpruceError(
             f"{option} does not fit the task's text ({error.problem})",
             f"name its column(s) {shape} as in --train, or give a .txt file"
             + (" (single texts only)" if columns.is_pair else ""),
         ) from None
+    except SpruceError as error:  # unreadable, missing or empty: name the option
+        named = error.problem if option in error.problem else f"--unlabelled: {error.problem}"
+        raise SpruceError(named, error.fix) from None
     texts = texts.map(lambda row: {k: v.strip() for k, v in row.items()})
     texts = texts.filter(lambda row: any(row.values()))
     if len(texts) == 0:

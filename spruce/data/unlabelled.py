@@ -15,11 +15,17 @@ from spruce.errors import SpruceError
 TEXT_SUFFIXES = (".txt", ".text")
 
 
+class TextColumnsError(SpruceError):
+    """A file's text does not have the shape asked for (its columns, or single texts
+    where pairs are read): callers that know a better fix than ``--aux-text-columns``
+    (``--unlabelled``) catch this class alone."""
+
+
 def canonical_texts(table: datasets.Dataset, columns: list[str], where: str) -> datasets.Dataset:
     """``columns`` of ``table`` as ``text_a`` (and ``text_b``), every value a string."""
     missing = [c for c in columns if c not in table.column_names]
     if missing or not 1 <= len(columns) <= 2:
-        raise SpruceError(
+        raise TextColumnsError(
             f"{where}: cannot use text columns {', '.join(columns)} "
             f"(columns are {', '.join(table.column_names)})",
             "pass --aux-text-columns with one or two of its columns",
@@ -41,7 +47,7 @@ def string_text_columns(table: datasets.Dataset, where: str) -> list[str]:
         ]
         if len(strings) == 1:
             return strings
-        raise SpruceError(
+        raise TextColumnsError(
             f"cannot tell which column of {where} holds the text "
             f"(columns: {', '.join(table.column_names)})",
             "pass --aux-text-columns NAME",
@@ -59,7 +65,7 @@ def detected_text_columns(table: datasets.Dataset, pair: bool, where: str) -> li
         return found[0]
     if not pair:
         return string_text_columns(table, where)  # the one string column
-    raise SpruceError(
+    raise TextColumnsError(
         f"cannot tell which two columns of {where} hold the sentence pairs "
         f"(columns: {', '.join(names)})",
         "pass --aux-text-columns FIRST,SECOND",
@@ -98,7 +104,7 @@ def read_texts_like(
     shape = "sentence pairs" if pair else "single texts"
     if Path(path).suffix.lower() in TEXT_SUFFIXES:
         if pair:
-            raise SpruceError(
+            raise TextColumnsError(
                 f"{option} has one text per line, but the task reads sentence pairs",
                 f"give a data file with two text columns ({columns_option} FIRST,SECOND)",
             )
@@ -111,7 +117,7 @@ def read_texts_like(
     else:
         columns = detected_text_columns(table, pair, path)
     if len(columns) != len(target_columns):
-        raise SpruceError(
+        raise TextColumnsError(
             f"{option} gives {len(columns)} text column(s) ({', '.join(columns)}), "
             f"the task reads {shape}",
             f"pass {columns_option} with {'two' if pair else 'one'} of its columns",

@@ -4,7 +4,6 @@ final fine-tune of the compact model -> evaluation -> export and measurement."""
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -38,10 +37,16 @@ from spruce.pipelines.outputs import (
 )
 from spruce.pipelines.recipe import plan_teacher, resolve_recipe
 from spruce.pruning.config import PruneConfig
-from spruce.pruning.phases import learn_l0_masks, learn_pdp_masks, phase_config, score_and_prune
+from spruce.pruning.phases import (
+    learn_l0_masks,
+    learn_pdp_masks,
+    phase_config,
+    phase_steps,
+    score_and_prune,
+)
 from spruce.report import plot_prune_phase, write_report
 from spruce.report.latency import measure_latency_table
-from spruce.train import Trainer, classification_loss, evaluate
+from spruce.train import TrainConfig, Trainer, classification_loss, evaluate
 from spruce.train.checkpoint import phase_checkpoint
 from spruce.train.distillation import (
     LayerDistiller,
@@ -283,7 +288,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
 
 def _steps(epochs: float, max_steps: int | None, loader) -> int:
     """Trainer steps of a phase (as :class:`~spruce.train.Trainer` counts them)."""
-    return max_steps or max(1, math.ceil(epochs * len(loader)))
+    return phase_steps(phase_config(TrainConfig(), epochs, max_steps), loader)
 
 
 def _auxiliary_objective(run, task, student, teacher, tokenizer, source, loaders, device):

@@ -80,7 +80,7 @@ def phase_config(train: TrainConfig, epochs: float, max_steps: int | None) -> Tr
 
 def phase_steps(config: TrainConfig, loader: DataLoader) -> int:
     """Optimizer steps of a phase run with ``config`` over ``loader``."""
-    return config.max_steps or max(1, round(config.epochs * len(loader)))
+    return config.total_steps(len(loader))
 
 
 def learn_l0_masks(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -56,6 +57,11 @@ class TrainConfig:
                 f"--metric {self.metric} is not known", f"choose one of {', '.join(METRICS)}"
             )
         return self
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of a phase with these settings over ``steps_per_epoch`` batches
+        an epoch: ``max_steps``, else a partial last epoch counts as a step."""
+        return self.max_steps or max(1, math.ceil(self.epochs * steps_per_epoch))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

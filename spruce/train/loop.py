@@ -150,8 +150,7 @@ class Trainer:
         self.description = description
         self.checkpoint = checkpoint
         self.checkpoint_modules = list(checkpoint_modules)
-        steps_per_epoch = len(train_loader)
-        self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+        self.total_steps = config.total_steps(len(train_loader))
         self.optimizer_outlives_phase = optimizer is not None
         self.optimizer = optimizer or torch.optim.AdamW(
             self._parameter_groups(), lr=config.learning_rate
