@@ -221,3 +221,18 @@ def test_concat_augmentation_of_sentence_pairs_exits_2_before_training(
     assert_user_error(code, stdout, err, "--aux-augment", "sentence pairs")
     assert "teacher" not in stdout + err
     assert_nothing_written(out)
+
+
+def test_layer_distillation_on_the_unlabelled_text_survives_compaction(
+    tiny_models, data, tmp_path
+):
+    # --aux-schedule constant: the head (its projection sliced to the kept hidden
+    # dimensions) keeps training in the final fine-tune of the compact model.
+    report = prune(
+        tiny_models["bert"], data, tmp_path / "out", "--target-sparsity", "0.5",
+        "--max-train-samples", "48", "--prune-max-steps", "4", "--aux-distill-layers",
+        "--aux", "distill", "--aux-schedule", "constant", "--units", "hidden,head",
+    )  # fmt: skip
+    assert report["config"]["transfer"]["distill_layers"] is True
+    assert report["structure"]["hidden"] < 32  # hidden dimensions were removed
+    assert report["transfer"]["aux_losses_computed"]["final"] == 2

@@ -19,7 +19,7 @@ from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import PhaseExtras, learn_l0_masks
 from spruce.train import TrainConfig, classification_loss, seed_everything
 from spruce.train.checkpoint import checkpoint_dir
-from spruce.train.distillation import prediction_loss
+from spruce.train.distillation import DistillationConfig, prediction_loss
 from spruce.transfer import TransferConfig, parse_aux
 from spruce.transfer.data import distill_texts, text_stream
 from spruce.transfer.heads import DistillHead
@@ -201,7 +201,16 @@ def _pruned_student(task, teacher_dir: Path, model_dir: Path, distill: bool, see
     if distill:
         config = TransferConfig(aux=(parse_aux("distill"),), coupling="joint").validate()
         objective = build_objective(
-            config, task, model, tokenizer, source, 16, 32, 0, teacher=teacher, temperature=2.0
+            config,
+            task,
+            model,
+            tokenizer,
+            source,
+            16,
+            32,
+            0,
+            teacher=teacher,
+            distillation=DistillationConfig(temperature=2.0),
         )
         assert objective.optimizers(1e-2) == []  # the student's own classifier: no head
         extras = PhaseExtras(aux_loss=objective.loss)

@@ -219,6 +219,12 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         default=t.augment,
         help="distill: augment its unlabelled text (concat: join each text with another)",
     )
+    group.add_argument(
+        "--aux-distill-layers",
+        action="store_true",
+        help="distill: match the teacher's hidden layers on the unlabelled text too "
+        "(the layer loss of the labelled batches, with a projection of its own)",
+    )
 
 
 def transfer_config(args: argparse.Namespace) -> TransferConfig:
@@ -255,6 +261,7 @@ def transfer_config(args: argparse.Namespace) -> TransferConfig:
         aux_batch_size=args.aux_batch_size,
         mlm_probability=args.mlm_probability,
         augment=args.aux_augment,
+        distill_layers=args.aux_distill_layers,
     ).validate()
 
 

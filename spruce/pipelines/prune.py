@@ -306,7 +306,7 @@ def _auxiliary_objective(run, task, student, teacher, tokenizer, source, loaders
         run.max_length,
         run.train.seed,
         teacher=teacher,
-        temperature=run.prune.distillation.temperature,
+        distillation=run.prune.distillation,
     ).to(device)
     # linear-decay runs over both target phases; final early stopping may end it sooner.
     auxiliary.total_steps = _steps(

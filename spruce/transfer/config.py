@@ -150,6 +150,7 @@ class TransferConfig:
     aux_batch_size: int | None = None  # None: the target's batch size
     mlm_probability: float = 0.15
     augment: str = "none"  # distill's unlabelled text: spruce.data.augment.AUGMENTS
+    distill_layers: bool = False  # distill: the layer loss on the unlabelled text too
 
     def validate(self) -> TransferConfig:
         self.aux = tuple(task.validate() for task in self.aux)
@@ -264,7 +265,7 @@ def check_keys(values: Mapping[str, Any], known: list[str], what: str) -> None:
 _IGNORED_OPTIONS = {
     "none": ("aux", "aux-weight", "aux-ratio", "aux-steps", "aux-schedule", "transfer",
              "tie-strength", "aux-text-columns", "aux-label-column", "aux-batch-size",
-             "mlm-probability", "aux-augment"),
+             "mlm-probability", "aux-augment", "aux-distill-layers"),
     "sequential": ("aux-schedule", "tie-strength"),
     "joint": ("aux-steps", "tie-strength"),
     "tied": ("aux-steps", "transfer"),

@@ -22,7 +22,7 @@ from transformers import AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
 from spruce.data.tokenization import MODEL_INPUTS
-from spruce.train.distillation import prediction_loss
+from spruce.train.distillation import LayerDistiller, prediction_loss
 
 # Where each family keeps its pre-trained MLM head: (transform dense, LayerNorm, decoder).
 _MLM_HEAD_MODULES = {
@@ -50,14 +50,18 @@ class AuxHead(nn.Module):
     def compact(self, kept: torch.Tensor) -> AuxHead:
         """A copy reading only the hidden dimensions ``kept`` (indices into the full width)."""
         head = copy.deepcopy(self)
-        first = head.input_layer()
-        with torch.no_grad():
-            first.weight = nn.Parameter(first.weight[:, kept.to(first.weight.device)].clone())
-        first.in_features = int(kept.numel())
+        _read_only(head.input_layer(), kept)
         return head
 
     def input_layer(self) -> nn.Linear:
         raise NotImplementedError
+
+
+def _read_only(layer: nn.Linear, kept: torch.Tensor) -> None:
+    """Make ``layer`` read only the input dimensions ``kept``."""
+    with torch.no_grad():
+        layer.weight = nn.Parameter(layer.weight[:, kept.to(layer.weight.device)].clone())
+    layer.in_features = int(kept.numel())
 
 
 class MaskedLMHead(AuxHead):
@@ -110,35 +114,56 @@ class ClassifierHead(AuxHead):
 
 class DistillHead(AuxHead):
     """TinyBERT-style distillation on unlabelled text: the temperature-softened KL between
-    the dense teacher's and the student's classifier logits, scaled by T^2.
+    the dense teacher's and the student's classifier logits, scaled by T^2; with a
+    ``layers`` distiller, also CoFi's layer loss (``alpha * layer + (1 - alpha) *
+    prediction``, as on the labelled batches).
 
-    The student runs through its own classifier, so this head has no weights and nothing
-    to slice on compaction (the classifier is compacted with the model). The teacher runs
-    frozen, in eval mode and without gradients, and stays dense.
+    The student runs through its own classifier; the only weights of this head are the
+    layer distiller's projection, sliced to the kept hidden dimensions on compaction. The
+    teacher runs frozen, in eval mode and without gradients, and stays dense.
     """
 
-    def __init__(self, teacher: PreTrainedModel, temperature: float) -> None:
+    def __init__(
+        self,
+        teacher: PreTrainedModel,
+        temperature: float,
+        layers: LayerDistiller | None = None,
+        alpha: float = 0.5,
+    ) -> None:
         super().__init__()
         # Kept outside the module tree: the teacher is neither trained nor saved with the
         # auxiliary heads, and must not enter their optimizer, state_dict or compaction.
         object.__setattr__(self, "teacher", teacher.eval())
         self.temperature = float(temperature)
+        self.layers = layers
+        self.alpha = float(alpha)
 
     def batch_loss(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = _inputs(model, batch)  # labels, if any, are never read
-        student_logits = model(**inputs).logits
+        hidden = self.layers is not None
+        student = model(**inputs, output_hidden_states=hidden)
         teacher = self.teacher
         if teacher.training:
             teacher.eval()  # dropout off: the teacher's predictions are the targets
-        device = student_logits.device
+        device = student.logits.device
         if next(teacher.parameters()).device != device:
             teacher.to(device)  # the heads' .to() does not reach it (see __init__)
         with torch.no_grad():
-            teacher_logits = teacher(**_inputs(teacher, batch)).logits
-        return prediction_loss(student_logits, teacher_logits, self.temperature)
+            target = teacher(**_inputs(teacher, batch), output_hidden_states=hidden)
+        prediction = prediction_loss(student.logits, target.logits, self.temperature)
+        if self.layers is None:
+            return prediction
+        layer, _ = self.layers(
+            student.hidden_states[1:], target.hidden_states[1:], batch.get("attention_mask")
+        )
+        return self.alpha * layer + (1 - self.alpha) * prediction
 
     def compact(self, kept: torch.Tensor) -> DistillHead:
-        return self
+        if self.layers is None:
+            return self
+        layers = copy.deepcopy(self.layers)  # not the whole head: that would copy the teacher
+        _read_only(layers.projection, kept)
+        return DistillHead(self.teacher, self.temperature, layers, self.alpha)
 
 
 def encode(model: PreTrainedModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -23,7 +23,8 @@ from spruce.data.augment import augment_texts
 from spruce.errors import SpruceError
 from spruce.masks.gates import EncoderGates
 from spruce.masks.switch import GateSwitch
-from spruce.train.distillation import DistillationConfig
+from spruce.models import encoder_shape
+from spruce.train.distillation import DistillationConfig, LayerDistiller, default_teacher_layers
 from spruce.train.distributed import context
 from spruce.train.loop import LossFn
 from spruce.transfer.config import AuxTask, TransferConfig
@@ -205,10 +206,11 @@ def build_objective(
     max_length: int,
     seed: int,
     teacher: PreTrainedModel | None = None,
-    temperature: float = DistillationConfig.temperature,
+    distillation: DistillationConfig | None = None,
 ) -> AuxiliaryObjective:
     """Heads and data streams for every auxiliary task of ``config``; ``distill`` tasks
-    compare the student with ``teacher`` at ``temperature``. Under several processes each
+    compare the student with ``teacher`` as ``distillation`` says (its temperature; its
+    layers and ``alpha`` when ``config.distill_layers``). Under several processes each
     stream yields this process's shard (as the target's loader does); the heads start
     alike everywhere (copied weights, or drawn after the same seeding)."""
     separate = config.coupling == "tied" or (config.coupling == "joint" and not config.shared_gates)
@@ -235,7 +237,7 @@ def build_objective(
             if teacher is None:
                 raise no_teacher_error()
             texts = augment_texts(distill_texts(task, target), config.augment, stream_seed)
-            head, pretrained = DistillHead(teacher, temperature), False
+            head, pretrained = distill_head(teacher, model, config, distillation), False
             stream = text_stream(texts, tokenizer, batch_size, max_length, stream_seed, **shard)
             examples = len(texts)
         else:
@@ -256,6 +258,26 @@ def build_objective(
             )
         )
     return AuxiliaryObjective(config, runtimes)
+
+
+def distill_head(
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    config: TransferConfig,
+    distillation: DistillationConfig | None,
+) -> DistillHead:
+    """Prediction distillation at the run's temperature; with ``config.distill_layers``
+    also the layer loss, through a projection of its own (identity at the start)."""
+    distillation = distillation or DistillationConfig()
+    if not config.distill_layers:
+        return DistillHead(teacher, distillation.temperature)
+    teacher_shape = encoder_shape(teacher.config)
+    layers = LayerDistiller(
+        encoder_shape(student.config).hidden_size,
+        teacher_shape.hidden_size,
+        distillation.teacher_layers or default_teacher_layers(teacher_shape.num_layers),
+    )
+    return DistillHead(teacher, distillation.temperature, layers, distillation.alpha)
 
 
 def no_teacher_error() -> SpruceError:
