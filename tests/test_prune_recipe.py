@@ -96,8 +96,12 @@ def test_default_recipe_fine_tunes_a_teacher_and_distils_on_the_unlabelled_rest(
     assert "teacher" in report["phases"]
     assert [task["kind"] for task in report["transfer"]["aux"]] == ["distill"]
     assert report["transfer"]["coupling"] == "joint"
+    assert report["transfer"]["schedule"] == "constant"  # the final fine-tune distils too
+    assert report["transfer"]["augment"] == "concat"  # single texts: joined in pairs
+    assert report["transfer"]["aux_losses_computed"]["final"] == 2
     assert {"aux", "kd_pred"} <= set(report["phases"]["prune_trajectory"])  # losses per step
     assert report["config"]["prune"]["recipe"] == "distill"
+    assert report["config"]["prune"]["prune_epochs"] == 5.0
 
 
 def test_default_recipe_uses_a_fine_tuned_model_as_its_own_teacher(
@@ -144,6 +148,7 @@ def test_plain_recipe_prunes_on_the_labelled_data_alone(tiny_models, data, tmp_p
         "--target-sparsity", "0.5", "--max-train-samples", "48", "--prune-max-steps", "8",
     )  # fmt: skip
     assert report["recipe"] == {"name": "plain", "unlabelled": {"from_train": 48, "from_file": 0}}
+    assert report["config"]["prune"]["prune_epochs"] == 10.0
     assert "teacher" not in report["phases"] and report["dense_metrics"] is None
     assert report["transfer"]["coupling"] == "none"
 
@@ -236,3 +241,13 @@ def test_layer_distillation_on_the_unlabelled_text_survives_compaction(
     assert report["config"]["transfer"]["distill_layers"] is True
     assert report["structure"]["hidden"] < 32  # hidden dimensions were removed
     assert report["transfer"]["aux_losses_computed"]["final"] == 2
+
+
+def test_default_recipe_does_not_join_sentence_pairs(tiny_models, tmp_path):
+    pairs = write_sentiment_files(tmp_path / "pairs", n_train=48, pair=True)
+    report = prune(
+        tiny_models["bert"], pairs, tmp_path / "out", "--target-sparsity", "0.5",
+        "--max-train-samples", "24", "--prune-max-steps", "2",
+    )  # fmt: skip
+    assert report["recipe"]["auxiliary"] == "distill on the unlabelled text"
+    assert report["transfer"]["augment"] == "none"

@@ -14,7 +14,7 @@ from spruce.errors import SpruceError
 from spruce.masks.control import CONTROLS, RAMPS
 from spruce.masks.units import UNIT_TYPES
 from spruce.pipelines.prune import PruneRun, run_prune
-from spruce.pruning.config import METHODS, RECIPES, PruneConfig
+from spruce.pruning.config import METHODS, RECIPE_PRUNE_EPOCHS, RECIPES, PruneConfig
 from spruce.report.latency import RUNTIMES
 from spruce.train.distillation import DistillationConfig
 from spruce.transfer.config import (
@@ -66,7 +66,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.units,
         help=f"unit types to prune (default: {','.join(UNIT_TYPES)})",
     )
-    group.add_argument("--prune-epochs", type=positive_float, default=defaults.prune_epochs)
+    group.add_argument(
+        "--prune-epochs",
+        type=positive_float,
+        default=defaults.prune_epochs,
+        help="length of the pruning phase (default: "
+        + ", ".join(f"{e:g} with --recipe {r}" for r, e in RECIPE_PRUNE_EPOCHS.items())
+        + ")",
+    )
     group.add_argument(
         "--final-epochs",
         type=positive_float,
@@ -217,7 +224,8 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         "--aux-augment",
         choices=AUGMENTS,
         default=t.augment,
-        help="distill: augment its unlabelled text (concat: join each text with another)",
+        help="distill: augment its unlabelled text (concat: join each text with another; "
+        "default: concat for single texts under --recipe distill, else none)",
     )
     group.add_argument(
         "--aux-distill-layers",

@@ -5,8 +5,10 @@
 ``--model`` itself when it already is a fine-tuned classifier for the task, else one
 fine-tuned first on the labelled data -- is distilled into the pruned model on the
 labelled batches and, jointly, on unlabelled in-domain text (the rows of ``--train``
-left unlabelled and ``--unlabelled FILE``) while the masks are learned. Without any
-unlabelled text it distils on the labelled text alone, and says so.
+left unlabelled and ``--unlabelled FILE``; for single-text tasks each joined with
+another, ``--aux-augment concat``) while the masks are learned (5 epochs,
+``RECIPE_PRUNE_EPOCHS``) and again in the final fine-tune of the compact model. Without
+any unlabelled text it distils on the labelled text alone, and says so.
 
 ``plain`` prunes on the labelled data's cross-entropy alone, with only what the options
 ask for (``--teacher``, ``--distill``, ``--aux``).
@@ -25,10 +27,11 @@ from spruce.models import task_classifier_dir
 from spruce.pruning.config import PruneConfig
 from spruce.transfer.config import AuxTask, TransferConfig
 
-# The measured best transfer (docs/results.md, "The best transfer over three seeds"):
-# the teacher's predictions on the unlabelled text as a joint auxiliary task of shared
-# structure, during the pruning phase only.
-DISTILL_TRANSFER = {"coupling": "joint", "transfer": "both", "schedule": "prune-only"}
+# The measured best transfer (docs/results.md, "The best transfer over three seeds" and
+# "The default recipe"): the teacher's predictions on the unlabelled text as a joint
+# auxiliary task of shared structure, in the pruning phase and the final fine-tune, on
+# pairs of joined texts where the task reads single texts.
+DISTILL_TRANSFER = {"coupling": "joint", "transfer": "both", "schedule": "constant"}
 
 
 def plan_teacher(prune: PruneConfig) -> PruneConfig:
@@ -64,8 +67,9 @@ def resolve_recipe(
         summary["auxiliary"] = "as given"
         return prune, transfer, summary
     if task.unlabelled is not None and len(task.unlabelled) > 0:
+        augment = transfer.augment or ("none" if task.columns.is_pair else "concat")
         transfer = replace(
-            transfer, aux=(AuxTask("distill").validate(),), **DISTILL_TRANSFER
+            transfer, aux=(AuxTask("distill").validate(),), augment=augment, **DISTILL_TRANSFER
         ).validate()
         summary["auxiliary"] = "distill on the unlabelled text"
         return prune, transfer, summary

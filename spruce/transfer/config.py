@@ -149,7 +149,9 @@ class TransferConfig:
     aux_steps: int | None = None  # sequential: first-stage steps (None: the pruning phase's)
     aux_batch_size: int | None = None  # None: the target's batch size
     mlm_probability: float = 0.15
-    augment: str = "none"  # distill's unlabelled text: spruce.data.augment.AUGMENTS
+    # distill's unlabelled text: spruce.data.augment.AUGMENTS; None: the recipe's (concat
+    # for single texts under --recipe distill), else none.
+    augment: str | None = None
     distill_layers: bool = False  # distill: the layer loss on the unlabelled text too
 
     def validate(self) -> TransferConfig:
@@ -173,7 +175,8 @@ class TransferConfig:
             raise SpruceError("--aux-batch-size must be at least 1")
         if not 0 < self.mlm_probability < 1:
             raise SpruceError("--mlm-probability must be in (0, 1)")
-        _choose("--aux-augment", self.augment, AUGMENTS)
+        if self.augment is not None:
+            _choose("--aux-augment", self.augment, AUGMENTS)
         return self
 
     @property

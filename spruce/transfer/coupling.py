@@ -61,7 +61,7 @@ def check_distill_texts(transfer: TransferConfig, target: TaskData) -> None:
     for task in transfer.aux if transfer.active else ():
         if task.kind == "distill":
             texts = distill_texts(task, target)
-            augment_texts(texts.select(range(min(2, len(texts)))), transfer.augment, 0)
+            augment_texts(texts.select(range(min(2, len(texts)))), transfer.augment or "none", 0)
 
 
 @dataclass
