@@ -9,8 +9,8 @@ from spruce.cli.parsing import fraction, positive_float, positive_int
 from spruce.pipelines.demo import DemoSettings, format_table, run_demo
 
 HELP = (
-    "fine-tune MiniLM on 500 labelled SpamAssassin e-mails, prune it with and without MLM "
-    "on the unlabelled rest, and print the results"
+    "fine-tune MiniLM on 500 labelled SpamAssassin e-mails, prune it with the default "
+    "recipe (distilling on the unlabelled rest) and with --recipe plain, and print the results"
 )
 
 
