@@ -28,14 +28,19 @@ def augment_texts(texts: datasets.Dataset, augment: str, seed: int) -> datasets.
     return concatenated(texts, seed)
 
 
-def concatenated(texts: datasets.Dataset, seed: int) -> datasets.Dataset:
-    """Row i becomes ``text_a[i] + " " + text_a[partner[i]]``, partners a seeded
-    permutation without fixed points (a text is never joined with itself)."""
-    if "text_b" in texts.column_names:
+def check_augment(augment: str, texts: datasets.Dataset) -> None:
+    """Fail early (before any training) where ``augment`` cannot apply to ``texts``."""
+    if augment == "concat" and "text_b" in texts.column_names:
         raise SpruceError(
             "--aux-augment concat joins single texts, and this task's rows are sentence pairs",
             "leave --aux-augment at none for sentence-pair tasks",
         )
+
+
+def concatenated(texts: datasets.Dataset, seed: int) -> datasets.Dataset:
+    """Row i becomes ``text_a[i] + " " + text_a[partner[i]]``, partners a seeded
+    permutation without fixed points (a text is never joined with itself)."""
+    check_augment("concat", texts)
     first = texts["text_a"]
     if len(first) < 2:
         return texts

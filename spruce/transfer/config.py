@@ -184,6 +184,11 @@ class TransferConfig:
         return self.coupling != "none"
 
     @property
+    def distill_augment(self) -> str:
+        """What ``distill`` does to its unlabelled text (the recipe may have set it)."""
+        return self.augment or "none"
+
+    @property
     def shared_gates(self) -> bool:
         """Joint coupling with one set of gates for every task."""
         return self.coupling == "joint" and self.transfer in ("masks", "both")

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from spruce.data import TaskData
-from spruce.data.augment import augment_texts
+from spruce.data.augment import check_augment
 from spruce.errors import SpruceError
 from spruce.masks.gates import EncoderGates
 from spruce.masks.units import UnitMasks
@@ -61,7 +61,7 @@ def check_distill_texts(transfer: TransferConfig, target: TaskData) -> None:
     for task in transfer.aux if transfer.active else ():
         if task.kind == "distill":
             texts = distill_texts(task, target)
-            augment_texts(texts.select(range(min(2, len(texts)))), transfer.augment or "none", 0)
+            check_augment(transfer.distill_augment, texts)
 
 
 @dataclass

@@ -236,9 +236,7 @@ def build_objective(
         elif task.kind == "distill":
             if teacher is None:
                 raise no_teacher_error()
-            texts = augment_texts(
-                distill_texts(task, target), config.augment or "none", stream_seed
-            )
+            texts = augment_texts(distill_texts(task, target), config.distill_augment, stream_seed)
             head, pretrained = distill_head(teacher, model, config, distillation), False
             stream = text_stream(texts, tokenizer, batch_size, max_length, stream_seed, **shard)
             examples = len(texts)
