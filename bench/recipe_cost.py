@@ -11,13 +11,15 @@ default recipe. The two run one after the other, each alone with ``--threads`` (
 timed as a whole process from start to exit (start-up, data reading and saving
 included). Run it with nothing else on the machine: the issue's target is a ratio of at
 most 3. Writes ``cost.json`` and ``cost.md`` under ``--out``; the models go to a
-temporary folder and are deleted.
+temporary folder and are deleted; the prune run's report.json and plots are kept under
+``--out``/prune (its accuracy is one seed of the default command).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,7 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def measure(data_options: list[str], seed: int, threads: int, sparsity: float) -> dict:
+def measure(data_options: list[str], seed: int, threads: int, sparsity: float, keep: Path) -> dict:
     common = [*data_options, "--seed", str(seed), "--threads", str(threads), "--quiet"]
     with tempfile.TemporaryDirectory(prefix="spruce-cost-") as scratch:
         finetune = ["spruce", "finetune", *common, "--out", f"{scratch}/finetune"]
@@ -41,6 +43,9 @@ def measure(data_options: list[str], seed: int, threads: int, sparsity: float) -
         finetune_s = timed(finetune)
         prune_s = timed(prune)
         report = json.loads(Path(scratch, "prune", "report.json").read_text())
+        keep.mkdir(parents=True, exist_ok=True)
+        for kept in [Path(scratch, "prune", "report.json"), *Path(scratch, "prune").glob("*.png")]:
+            shutil.copy(kept, keep / kept.name)
     return {
         "finetune_command": " ".join(finetune[:-1]),
         "prune_command": " ".join(prune[:-1]),
@@ -69,7 +74,7 @@ def main() -> int:
     options = [o for o in args.data_options if o != "--"]
     if not options:
         parser.error("give the data options after --, e.g. -- --train FILE")
-    result = measure(options, args.seed, args.threads, args.target_sparsity)
+    result = measure(options, args.seed, args.threads, args.target_sparsity, args.out / "prune")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cost.json").write_text(json.dumps(result, indent=1) + "\n")
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in result["prune_phases_s"].items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from spruce.models import load_classifier
@@ -12,6 +13,7 @@ from spruce.train.distillation import (
     distillation_loss_fn,
     prediction_loss,
 )
+from spruce.train.teacher_cache import CachedTeacher
 
 
 def test_prediction_loss_is_zero_for_equal_logits_and_positive_otherwise():
@@ -50,3 +52,45 @@ def test_distillation_loss_trains_student_and_projection_not_teacher(tiny_models
     assert all(p.grad is None for p in teacher.parameters())
     assert student.classifier.weight.grad is not None
     assert distiller.projection.weight.grad is not None
+
+
+def _batch(tokenizer, texts: list[str], labels: list[int], pad_to: int | None = None) -> dict:
+    padding = "max_length" if pad_to else True
+    batch = dict(tokenizer(texts, padding=padding, max_length=pad_to, return_tensors="pt"))
+    batch["labels"] = torch.tensor(labels)
+    return batch
+
+
+def test_cached_teacher_gives_the_teachers_loss_from_memory_in_any_batching(tiny_models):
+    teacher, tokenizer, _ = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    student, _, _ = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    config = DistillationConfig(temperature=2.0, alpha=0.5).validate()
+    distiller = LayerDistiller(32, 32, default_teacher_layers(2))
+    cached = CachedTeacher(teacher)
+    plain_fn = distillation_loss_fn(teacher, distiller, config)
+    cached_fn = distillation_loss_fn(cached, distiller, config)
+    texts, labels = ["good movie", "bad plot here", "fine", "a long and dull film"], [1, 0, 1, 0]
+    first = _batch(tokenizer, texts, labels)
+    # The same rows again, in another order and another padding: answered from memory.
+    again = _batch(tokenizer, texts[::-1], labels[::-1], pad_to=16)
+    with torch.no_grad():
+        for batch in (first, again):
+            expected, expected_stats = plain_fn(student, batch)
+            got, stats = cached_fn(student, batch)
+            assert torch.allclose(got, expected, atol=1e-5)
+            assert stats["kd_layer"] == pytest.approx(expected_stats["kd_layer"], abs=1e-5)
+    assert (cached.misses, cached.hits) == (1, 1)
+    # A batch with one unseen row runs the teacher; its new row is remembered.
+    cached(**{k: v for k, v in _batch(tokenizer, ["fine", "new words"], [1, 0]).items()
+              if k != "labels"})  # fmt: skip
+    assert (cached.misses, cached.hits) == (2, 1)
+
+
+def test_cached_teacher_stops_storing_at_its_byte_budget(tiny_models):
+    teacher, tokenizer, _ = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    cached = CachedTeacher(teacher.eval(), max_bytes=1)
+    inputs = dict(tokenizer(["good movie"], return_tensors="pt"))
+    with torch.no_grad():
+        cached(**inputs)
+        cached(**inputs)
+    assert (cached.misses, cached.hits, cached.stored_bytes) == (2, 0, 0)

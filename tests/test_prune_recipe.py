@@ -102,6 +102,9 @@ def test_default_recipe_fine_tunes_a_teacher_and_distils_on_the_unlabelled_rest(
     assert {"aux", "kd_pred"} <= set(report["phases"]["prune_trajectory"])  # losses per step
     assert report["config"]["prune"]["recipe"] == "distill"
     assert report["config"]["prune"]["prune_epochs"] == 5.0
+    # The final fine-tune distils for 10 epochs without early stopping (best step kept).
+    assert report["config"]["prune"]["final_epochs"] == 10.0
+    assert report["config"]["prune"]["final_patience"] == 0
 
 
 def test_default_recipe_uses_a_fine_tuned_model_as_its_own_teacher(
@@ -149,6 +152,8 @@ def test_plain_recipe_prunes_on_the_labelled_data_alone(tiny_models, data, tmp_p
     )  # fmt: skip
     assert report["recipe"] == {"name": "plain", "unlabelled": {"from_train": 48, "from_file": 0}}
     assert report["config"]["prune"]["prune_epochs"] == 10.0
+    assert report["config"]["prune"]["final_epochs"] == 5.0
+    assert report["config"]["prune"]["final_patience"] is None  # --patience decides
     assert "teacher" not in report["phases"] and report["dense_metrics"] is None
     assert report["transfer"]["coupling"] == "none"
 
@@ -228,9 +233,7 @@ def test_concat_augmentation_of_sentence_pairs_exits_2_before_training(
     assert_nothing_written(out)
 
 
-def test_layer_distillation_on_the_unlabelled_text_survives_compaction(
-    tiny_models, data, tmp_path
-):
+def test_layer_distillation_on_the_unlabelled_text_survives_compaction(tiny_models, data, tmp_path):
     # --aux-schedule constant: the head (its projection sliced to the kept hidden
     # dimensions) keeps training in the final fine-tune of the compact model.
     report = prune(

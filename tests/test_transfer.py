@@ -18,7 +18,7 @@ from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import PhaseExtras, learn_l0_masks
 from spruce.train import TrainConfig
 from spruce.transfer import Schedule, TransferConfig, canonical_prune_options, parse_aux
-from spruce.transfer.data import Stream, mlm_stream, mlm_texts
+from spruce.transfer.data import Stream, mlm_stream, mlm_texts, text_stream
 from spruce.transfer.heads import ClassifierHead, MaskedLMHead, encode
 from spruce.transfer.objective import AuxiliaryObjective, AuxRuntime
 from tiny_models import write_sentiment_files
@@ -152,6 +152,33 @@ def test_mlm_masking_follows_the_seed_and_resumes_in_a_later_epoch(tiny_models, 
     resumed = mlm_stream(texts, tokenizer, 8, 16, 0.3, seed=0)
     resumed.load_state_dict(first.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(masks(first, 4), masks(resumed, 4), strict=True))
+
+
+def test_text_stream_groups_rows_by_length_and_resumes_mid_epoch(tiny_models):
+    import datasets
+
+    _, tokenizer, _ = load_classifier(str(tiny_models["bert"]), ["a", "b"])
+    words = ["good", "bad", "film", "plot", "dull", "fine"]
+    texts = [" ".join(words[(i + j) % 6] for j in range(1 + i % 13)) for i in range(256)]
+    rows = datasets.Dataset.from_dict({"text_a": texts})
+
+    def epoch(stream):
+        return [next(stream) for _ in range(len(stream.loader))]
+
+    stream = text_stream(rows, tokenizer, batch_size=8, max_length=32, seed=0)
+    batches = epoch(stream)
+    seen = sorted(tuple(r[m.bool()].tolist()) for b in batches
+                  for r, m in zip(b["input_ids"], b["attention_mask"], strict=True))  # fmt: skip
+    assert seen == sorted(tuple(ids) for ids in tokenizer(texts)["input_ids"])  # each row once
+    padded = sum(b["input_ids"].numel() for b in batches)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    assert padded < 1.2 * real  # random batches of these lengths pad ~1.6x
+    epoch(stream)  # into the second epoch, then resume from its third batch
+    [next(stream) for _ in range(3)]
+    resumed = text_stream(rows, tokenizer, batch_size=8, max_length=32, seed=0)
+    resumed.load_state_dict(stream.state_dict())
+    for _ in range(4):
+        assert torch.equal(next(stream)["input_ids"], next(resumed)["input_ids"])
 
 
 @pytest.mark.parametrize("head_kind", ["mlm", "task"])

@@ -8,13 +8,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from spruce.cli import options
-from spruce.cli.parsing import fraction, name_list, positive_float, positive_int
+from spruce.cli.parsing import fraction, name_list, non_negative_int, positive_float, positive_int
 from spruce.data.augment import AUGMENTS
 from spruce.errors import SpruceError
 from spruce.masks.control import CONTROLS, RAMPS
 from spruce.masks.units import UNIT_TYPES
 from spruce.pipelines.prune import PruneRun, run_prune
-from spruce.pruning.config import METHODS, RECIPE_PRUNE_EPOCHS, RECIPES, PruneConfig
+from spruce.pruning.config import (
+    METHODS,
+    RECIPE_FINAL_EPOCHS,
+    RECIPE_PRUNE_EPOCHS,
+    RECIPES,
+    PruneConfig,
+)
 from spruce.report.latency import RUNTIMES
 from spruce.train.distillation import DistillationConfig
 from spruce.transfer.config import (
@@ -78,7 +84,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--final-epochs",
         type=positive_float,
         default=defaults.final_epochs,
-        help="fine-tuning of the compact model",
+        help="fine-tuning of the compact model (default: "
+        + ", ".join(f"{e:g} with --recipe {r}" for r, e in RECIPE_FINAL_EPOCHS.items())
+        + ")",
+    )
+    group.add_argument(
+        "--final-patience",
+        type=non_negative_int,
+        default=defaults.final_patience,
+        help="evaluations without gain before the final fine-tune stops, 0 never (default: "
+        "0 with --recipe distill, which keeps the best validation step; --patience with "
+        "--recipe plain)",
     )
     group.add_argument("--prune-max-steps", type=positive_int)
     group.add_argument("--final-max-steps", type=positive_int)
@@ -281,6 +297,7 @@ def handle(args: argparse.Namespace) -> int:
         units=tuple(args.units) if args.units else None,
         prune_epochs=args.prune_epochs,
         final_epochs=args.final_epochs,
+        final_patience=args.final_patience,
         prune_max_steps=args.prune_max_steps,
         final_max_steps=args.final_max_steps,
         sparsity_warmup=args.sparsity_warmup,

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -44,13 +45,20 @@ def make_loader(
     seed: int = 0,
     num_replicas: int = 1,
     rank: int = 0,
+    group_by_length: bool = False,
 ) -> DataLoader:
     """Batches padded to their longest member; shuffling draws from its own seeded generator
     so the data order depends on ``seed`` only.
 
     With ``num_replicas > 1`` (multi-process training) the loader yields the shard of
     process ``rank`` through a :class:`DistributedSampler` seeded with ``seed`` (whose
-    ``set_epoch`` the trainer calls); each process sees ``1 / num_replicas`` of the data."""
+    ``set_epoch`` the trainer calls); each process sees ``1 / num_replicas`` of the data.
+
+    ``group_by_length`` (with ``shuffle``, one process) draws batches of similar length,
+    as ``transformers``' Trainer does: a random order, sorted by length within chunks of
+    50 batches. Batches pad to their longest member, so this cuts the padded tokens
+    that every forward pass pays for (joined SST-2 phrases at 64 tokens: 25 padded
+    tokens per row instead of 57)."""
     if num_replicas > 1:
         sampler = DistributedSampler(
             encoded, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
@@ -62,6 +70,18 @@ def make_loader(
             collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
         )
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+    if group_by_length and shuffle:
+        # The sampler draws its order from the loader's generator, so a checkpointed
+        # generator state replays an epoch exactly (spruce.transfer.data.Stream).
+        lengths = [len(ids) for ids in encoded.with_format(None)["input_ids"]]
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+        return DataLoader(
+            encoded,
+            batch_size=batch_size,
+            sampler=sampler,
+            generator=generator,
+            collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
+        )
     return DataLoader(
         encoded,
         batch_size=batch_size,

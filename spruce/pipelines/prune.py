@@ -56,6 +56,7 @@ from spruce.train.distillation import (
 from spruce.train.distributed import context
 from spruce.train.loop import LossFn
 from spruce.train.resume import Stateful
+from spruce.train.teacher_cache import CachedTeacher
 from spruce.transfer.config import TransferConfig
 from spruce.transfer.coupling import (
     check_compatible,
@@ -130,6 +131,8 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         teacher = copy.deepcopy(student)
     dense_reference = copy.deepcopy(student).eval()
     dense_shape = encoder_shape(student.config)
+    # The labelled rows repeat every epoch of both phases: the teacher runs once per row.
+    labelled_teacher = None if teacher is None else CachedTeacher(teacher)
 
     def objective(
         model: PreTrainedModel,
@@ -137,7 +140,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         """Task loss, or distillation from the teacher; the distiller's projection learns
         with an optimizer of its own since it is not part of the model (and is saved
         with the phase's checkpoint)."""
-        if teacher is None:
+        if labelled_teacher is None:
             return classification_loss, [], []
         layers = run.prune.distillation.teacher_layers
         distiller = LayerDistiller(
@@ -146,7 +149,9 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             layers or default_teacher_layers(dense_shape.num_layers),
         ).to(device)
         optimizer = torch.optim.AdamW(distiller.parameters(), lr=run.train.learning_rate)
-        loss_fn = distillation_loss_fn(teacher.to(device), distiller, run.prune.distillation)
+        loss_fn = distillation_loss_fn(
+            labelled_teacher.to(device), distiller, run.prune.distillation
+        )
         return loss_fn, [optimizer], [distiller]
 
     base_loss, extra_optimizers, distillers = objective(student)
@@ -220,7 +225,10 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     )
     final_extra = [*final_extra, *aux_final]
     final_config = phase_config(run.train, run.prune.final_epochs, run.prune.final_max_steps)
-    final_config = replace(final_config, patience=run.train.patience)
+    final_patience = run.prune.final_patience
+    final_config = replace(
+        final_config, patience=run.train.patience if final_patience is None else final_patience
+    )
     final = Trainer(
         compact,
         loaders["train"],

@@ -19,6 +19,13 @@ RECIPES = ("distill", "plain")
 # model is cheap to run (docs/results.md, "The default recipe": as accurate as 10 epochs
 # on SST-2, at half the phase's cost); plain: 10, as measured for issue 3.
 RECIPE_PRUNE_EPOCHS = {"distill": 5.0, "plain": 10.0}
+# Final fine-tune when --final-epochs / --final-patience are not given. distill: 10
+# epochs without early stopping (the best validation step is kept): the compact model
+# keeps learning from the teacher on unlabelled text long after the labelled loss stops
+# improving (docs/results.md, "long-final": best step 288 of 320, +0.7 over 5 epochs with
+# patience 3, whose best step was the first evaluation). plain: 5, stopping per --patience.
+RECIPE_FINAL_EPOCHS = {"distill": 10.0, "plain": 5.0}
+RECIPE_FINAL_PATIENCE = {"distill": 0}  # 0: no early stopping; plain: --patience
 SCORED_UNITS = ("head", "ffn_neuron")  # what the score-based baselines remove
 
 
@@ -38,7 +45,10 @@ class PruneConfig:
     target_sparsity: float = 0.5
     units: tuple[str, ...] | None = None  # None: every unit type the method can prune
     prune_epochs: float | None = None  # None: the recipe's (RECIPE_PRUNE_EPOCHS)
-    final_epochs: float = 5.0
+    final_epochs: float | None = None  # None: the recipe's (RECIPE_FINAL_EPOCHS)
+    # Evaluations without gain before the final fine-tune stops (0: never); None: the
+    # recipe's (RECIPE_FINAL_PATIENCE), else --patience.
+    final_patience: int | None = None
     prune_max_steps: int | None = None
     final_max_steps: int | None = None
     sparsity_warmup: float = 0.5
@@ -104,6 +114,15 @@ class PruneConfig:
             raise SpruceError(f"--sparsity-warmup must be in [0, 1], got {self.sparsity_warmup}")
         if self.prune_epochs is None and self.recipe in RECIPE_PRUNE_EPOCHS:
             self.prune_epochs = RECIPE_PRUNE_EPOCHS[self.recipe]
+        if self.final_epochs is None and self.recipe in RECIPE_FINAL_EPOCHS:
+            self.final_epochs = RECIPE_FINAL_EPOCHS[self.recipe]
+        if self.final_patience is None:
+            self.final_patience = RECIPE_FINAL_PATIENCE.get(self.recipe)
+        if self.final_patience is not None and self.final_patience < 0:
+            raise SpruceError(
+                f"--final-patience must be at least 0, got {self.final_patience}",
+                "0 trains every final epoch and keeps the best validation step",
+            )
         for name in ("prune_epochs", "final_epochs", "lr_gates", "lr_lambda"):
             if getattr(self, name) < 0 or (name.startswith("lr") and getattr(self, name) == 0):
                 raise SpruceError(f"--{name.replace('_', '-')} must be positive")

@@ -229,10 +229,18 @@ def text_stream(
     rank: int = 0,
     world_size: int = 1,
 ) -> Stream:
-    """Padded batches of canonical rows (with their labels, if any; ``distill`` has none);
-    with ``world_size > 1`` process ``rank``'s shard."""
+    """Padded batches of canonical rows (with their labels, if any; ``distill`` has none),
+    grouped by length (the teacher and the student pay for every padded token, and
+    auxiliary text is long and varied); with ``world_size > 1`` process ``rank``'s shard."""
     encoded = tokenize_split(texts, tokenizer, max_length)
     loader = make_loader(
-        encoded, tokenizer, batch_size, shuffle=True, seed=seed, num_replicas=world_size, rank=rank
+        encoded,
+        tokenizer,
+        batch_size,
+        shuffle=True,
+        seed=seed,
+        num_replicas=world_size,
+        rank=rank,
+        group_by_length=True,
     )
     return Stream(loader)
