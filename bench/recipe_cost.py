@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The spruce of this interpreter, whether or not its environment is on PATH.
+SPRUCE = [sys.executable, "-m", "spruce"]
+
 
 def timed(command: list[str]) -> float:
     """Seconds from the process's start to its exit; a failure stops the benchmark."""
@@ -37,8 +40,8 @@ def timed(command: list[str]) -> float:
 def measure(data_options: list[str], seed: int, threads: int, sparsity: float, keep: Path) -> dict:
     common = [*data_options, "--seed", str(seed), "--threads", str(threads), "--quiet"]
     with tempfile.TemporaryDirectory(prefix="spruce-cost-") as scratch:
-        finetune = ["spruce", "finetune", *common, "--out", f"{scratch}/finetune"]
-        prune = ["spruce", "prune", *common, "--target-sparsity", str(sparsity),
+        finetune = [*SPRUCE, "finetune", *common, "--out", f"{scratch}/finetune"]
+        prune = [*SPRUCE, "prune", *common, "--target-sparsity", str(sparsity),
                  "--no-latency", "--out", f"{scratch}/prune"]  # fmt: skip
         finetune_s = timed(finetune)
         prune_s = timed(prune)
@@ -47,8 +50,8 @@ def measure(data_options: list[str], seed: int, threads: int, sparsity: float, k
         for kept in [Path(scratch, "prune", "report.json"), *Path(scratch, "prune").glob("*.png")]:
             shutil.copy(kept, keep / kept.name)
     return {
-        "finetune_command": " ".join(finetune[:-1]),
-        "prune_command": " ".join(prune[:-1]),
+        "finetune_command": " ".join(["spruce", *finetune[3:-1]]),
+        "prune_command": " ".join(["spruce", *prune[3:-1]]),
         "seed": seed,
         "threads": threads,
         "finetune_s": round(finetune_s, 1),

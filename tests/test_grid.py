@@ -523,6 +523,12 @@ def test_cli_seeds_replace_the_yamls(capsys, tmp_path, fake, monkeypatch) -> Non
     )
 
 
+def test_cli_threads_replace_the_yamls(capsys, tmp_path) -> None:
+    path = grid_file(tmp_path, "  method: [magnitude]\n")
+    code, stdout, _ = run_cli(capsys, ["grid", path, "--threads", "3", "--dry-run"])
+    assert code == 0 and "--threads 3" in stdout and "--threads 1 " not in stdout
+
+
 FAKE_ADAPT = """
 import json, pathlib, sys
 args = sys.argv[1:]

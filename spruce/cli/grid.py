@@ -37,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cluster, whose resources alone decide without it",
     )
     parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads of each run (overrides 'threads:'; e.g. --jobs 2 --threads 1 runs "
+        "two at once on two cores without oversubscribing them)",
+    )
+    parser.add_argument(
         "--seeds",
         type=int,
         nargs="+",
@@ -79,6 +86,8 @@ def handle(args: argparse.Namespace) -> int:
         if len(set(args.seeds)) != len(args.seeds):
             raise SpruceError(f"--seeds lists a seed twice: {args.seeds}", "give each seed once")
         spec = dataclasses.replace(spec, seeds=list(args.seeds))
+    if args.threads is not None:
+        spec = dataclasses.replace(spec, threads=args.threads)
     out = args.out or spec.out
     if out is None:
         raise SpruceError(
@@ -135,6 +144,8 @@ def _command(args: argparse.Namespace) -> str:
         words += ["--out", str(args.out)]
     if args.jobs is not None:
         words += ["--jobs", str(args.jobs)]
+    if args.threads is not None:
+        words += ["--threads", str(args.threads)]
     if args.seeds is not None:
         words += ["--seeds", *map(str, args.seeds)]
     if args.backend is not None:
