@@ -25,8 +25,10 @@ class CachedTeacher(nn.Module):
     whatever batch, order or padding they come in. A batch runs the teacher unless every
     row is known; its outputs then fill the cache up to ``max_bytes``.
 
-    Always returns the hidden states (the layer distillation reads them). Only for a
-    frozen teacher in eval mode: a teacher that changes makes the cache stale.
+    Always returns the hidden states (the layer distillation reads them). The stored
+    outputs stay on the teacher's device (no copies per step), so on a GPU the budget is
+    GPU memory. Only for a frozen teacher in eval mode: a teacher that changes makes the
+    cache stale.
     """
 
     def __init__(self, teacher: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
