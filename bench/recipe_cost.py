@@ -50,8 +50,8 @@ def measure(data_options: list[str], seed: int, threads: int, sparsity: float, k
         for kept in [Path(scratch, "prune", "report.json"), *Path(scratch, "prune").glob("*.png")]:
             shutil.copy(kept, keep / kept.name)
     return {
-        "finetune_command": " ".join(["spruce", *finetune[3:-1]]),
-        "prune_command": " ".join(["spruce", *prune[3:-1]]),
+        "finetune_command": " ".join(["spruce", *finetune[len(SPRUCE) : -1]]),
+        "prune_command": " ".join(["spruce", *prune[len(SPRUCE) : -1]]),
         "seed": seed,
         "threads": threads,
         "finetune_s": round(finetune_s, 1),

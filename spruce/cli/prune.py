@@ -36,6 +36,12 @@ from spruce.transfer.config import (
 HELP = "structured pruning to a target sparsity, then compaction, export and measurement"
 
 
+def _per_recipe(epochs: dict[str, float]) -> str:
+    """``5 with --recipe distill, 10 with --recipe plain``: a default that depends on
+    the recipe, for help texts."""
+    return ", ".join(f"{e:g} with --recipe {r}" for r, e in epochs.items())
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("prune", help=HELP, description=HELP)
     options.add_model_option(parser)
@@ -76,17 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--prune-epochs",
         type=positive_float,
         default=defaults.prune_epochs,
-        help="length of the pruning phase (default: "
-        + ", ".join(f"{e:g} with --recipe {r}" for r, e in RECIPE_PRUNE_EPOCHS.items())
-        + ")",
+        help=f"length of the pruning phase (default: {_per_recipe(RECIPE_PRUNE_EPOCHS)})",
     )
     group.add_argument(
         "--final-epochs",
         type=positive_float,
         default=defaults.final_epochs,
-        help="fine-tuning of the compact model (default: "
-        + ", ".join(f"{e:g} with --recipe {r}" for r, e in RECIPE_FINAL_EPOCHS.items())
-        + ")",
+        help=f"fine-tuning of the compact model (default: {_per_recipe(RECIPE_FINAL_EPOCHS)})",
     )
     group.add_argument(
         "--final-patience",

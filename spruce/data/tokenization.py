@@ -59,33 +59,23 @@ def make_loader(
     50 batches. Batches pad to their longest member, so this cuts the padded tokens
     that every forward pass pays for (joined SST-2 phrases at 64 tokens: 25 padded
     tokens per row instead of 57)."""
+    generator, sampler = None, None  # no sampler: the loader's own order
     if num_replicas > 1:
         sampler = DistributedSampler(
             encoded, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
         )
-        return DataLoader(
-            encoded,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
-        )
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    if group_by_length and shuffle:
-        # The sampler draws its order from the loader's generator, so a checkpointed
-        # generator state replays an epoch exactly (spruce.transfer.data.Stream).
-        lengths = [len(ids) for ids in encoded.with_format(None)["input_ids"]]
-        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
-        return DataLoader(
-            encoded,
-            batch_size=batch_size,
-            sampler=sampler,
-            generator=generator,
-            collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
-        )
+    elif shuffle:
+        generator = torch.Generator().manual_seed(seed)
+        if group_by_length:
+            # The sampler draws its order from the loader's generator, so a checkpointed
+            # generator state replays an epoch exactly (spruce.transfer.data.Stream).
+            lengths = [len(ids) for ids in encoded.with_format(None)["input_ids"]]
+            sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
     return DataLoader(
         encoded,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         generator=generator,
         collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
     )
