@@ -102,9 +102,10 @@ def test_default_recipe_fine_tunes_a_teacher_and_distils_on_the_unlabelled_rest(
     assert {"aux", "kd_pred"} <= set(report["phases"]["prune_trajectory"])  # losses per step
     assert report["config"]["prune"]["recipe"] == "distill"
     assert report["config"]["prune"]["prune_epochs"] == 5.0
-    # The final fine-tune distils for 10 epochs without early stopping (best step kept).
-    assert report["config"]["prune"]["final_epochs"] == 10.0
+    # The final fine-tune distils for 5 epochs without early stopping (best step kept).
+    assert report["config"]["prune"]["final_epochs"] == 5.0
     assert report["config"]["prune"]["final_patience"] == 0
+    assert report["config"]["prune"]["group_by_length"] is True
 
 
 def test_default_recipe_uses_a_fine_tuned_model_as_its_own_teacher(
@@ -154,6 +155,7 @@ def test_plain_recipe_prunes_on_the_labelled_data_alone(tiny_models, data, tmp_p
     assert report["config"]["prune"]["prune_epochs"] == 10.0
     assert report["config"]["prune"]["final_epochs"] == 5.0
     assert report["config"]["prune"]["final_patience"] is None  # --patience decides
+    assert report["config"]["prune"]["group_by_length"] is False
     assert "teacher" not in report["phases"] and report["dense_metrics"] is None
     assert report["transfer"]["coupling"] == "none"
 
@@ -254,3 +256,37 @@ def test_default_recipe_does_not_join_sentence_pairs(tiny_models, tmp_path):
     )  # fmt: skip
     assert report["recipe"]["auxiliary"] == "distill on the unlabelled text"
     assert report["transfer"]["augment"] == "none"
+
+
+def test_student_phases_draw_labelled_batches_by_length_and_the_teacher_does_not(
+    tiny_models, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from spruce.models import load_classifier
+    from spruce.pipelines import common
+    from spruce.train import TrainConfig
+
+    _, tokenizer, _ = load_classifier(str(tiny_models["bert"]), ["neg", "pos"])
+    words = ["good", "bad", "film", "plot", "dull", "fine"]
+    texts = [" ".join(words[(i + j) % 6] for j in range(1 + i % 13)) for i in range(256)]
+    labels = [i % 2 for i in range(256)]
+    task = SimpleNamespace(
+        train=datasets.Dataset.from_dict({"text_a": texts, "label": labels}),
+        validation=None,
+        test=None,
+    )
+    train = TrainConfig(batch_size=8, seed=0)
+
+    def padded_and_real(grouped: bool) -> tuple[int, int]:
+        batches = list(common.train_loader(task, tokenizer, train, 32, group_by_length=grouped))
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        return sum(b["input_ids"].numel() for b in batches), real
+
+    grouped, real = padded_and_real(True)
+    shuffled, same_real = padded_and_real(False)
+    assert real == same_real  # every row once either way
+    assert grouped < 1.2 * real < shuffled  # random batches of these lengths pad ~1.6x
+    # build_loaders (the teacher's fine-tune, spruce finetune) keeps the random order.
+    teacher_batches = list(common.build_loaders(task, tokenizer, train, 32)["train"])
+    assert sum(b["input_ids"].numel() for b in teacher_batches) == shuffled

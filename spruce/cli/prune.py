@@ -98,6 +98,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "0 with --recipe distill, which keeps the best validation step; --patience with "
         "--recipe plain)",
     )
+    group.add_argument(
+        "--group-by-length",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.group_by_length,
+        help="draw the labelled batches of the pruning and final phases by length, as "
+        "transformers' group_by_length does: less padding, faster steps (default: on with "
+        "--recipe distill, off with --recipe plain; a teacher's fine-tune draws as spruce "
+        "finetune does)",
+    )
     group.add_argument("--prune-max-steps", type=positive_int)
     group.add_argument("--final-max-steps", type=positive_int)
     group.add_argument(
@@ -300,6 +309,7 @@ def handle(args: argparse.Namespace) -> int:
         prune_epochs=args.prune_epochs,
         final_epochs=args.final_epochs,
         final_patience=args.final_patience,
+        group_by_length=args.group_by_length,
         prune_max_steps=args.prune_max_steps,
         final_max_steps=args.final_max_steps,
         sparsity_warmup=args.sparsity_warmup,

@@ -148,18 +148,7 @@ def build_loaders(
     """A shuffled (seeded) training loader and ordered validation/test loaders. With
     several processes the training loader yields this process's shard (``batch_size``
     is then per process); evaluation loaders cover the whole split."""
-    distributed = context()
-    loaders = {
-        "train": make_loader(
-            tokenize_split(task.train, tokenizer, max_length),
-            tokenizer,
-            train.batch_size,
-            shuffle=True,
-            seed=train.seed,
-            num_replicas=distributed.world_size,
-            rank=distributed.rank,
-        )
-    }
+    loaders = {"train": train_loader(task, tokenizer, train, max_length)}
     for name in ("validation", "test"):
         split = getattr(task, name)
         if split is not None:
@@ -167,6 +156,28 @@ def build_loaders(
                 tokenize_split(split, tokenizer, max_length), tokenizer, train.eval_batch_size
             )
     return loaders
+
+
+def train_loader(
+    task: TaskData,
+    tokenizer: PreTrainedTokenizerBase,
+    train: TrainConfig,
+    max_length: int,
+    group_by_length: bool = False,
+) -> DataLoader:
+    """The shuffled (seeded) labelled batches; ``group_by_length`` draws them by length
+    (one process: with several, each draws its shard as :func:`make_loader` says)."""
+    distributed = context()
+    return make_loader(
+        tokenize_split(task.train, tokenizer, max_length),
+        tokenizer,
+        train.batch_size,
+        shuffle=True,
+        seed=train.seed,
+        num_replicas=distributed.world_size,
+        rank=distributed.rank,
+        group_by_length=group_by_length,
+    )
 
 
 def evaluate_splits(

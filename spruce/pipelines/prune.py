@@ -27,6 +27,7 @@ from spruce.pipelines.common import (
     latency_seq_len,
     record_task,
     report_header,
+    train_loader,
 )
 from spruce.pipelines.outputs import (
     onnx_check_texts,
@@ -105,6 +106,13 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     check_distill_texts(run.transfer, task)
     student, tokenizer, source = _initial_model(run, task, recipe)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)
+    # The pruning and final phases' labelled batches; the teacher's fine-tune keeps
+    # loaders["train"], so it is the model `spruce finetune` makes.
+    labelled = (
+        train_loader(task, tokenizer, run.train, run.max_length, group_by_length=True)
+        if run.prune.group_by_length
+        else loaders["train"]
+    )
 
     def validate_on(model: PreTrainedModel):
         if "validation" not in loaders:
@@ -156,7 +164,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
 
     base_loss, extra_optimizers, distillers = objective(student)
     auxiliary = _auxiliary_objective(
-        run, task, student, teacher, tokenizer, source, loaders, device
+        run, task, student, teacher, tokenizer, source, labelled, device
     )
     aux_state: list[Stateful] = [] if auxiliary is None else [auxiliary]
     aux_optimizers = [] if auxiliary is None else auxiliary.optimizers(run.train.learning_rate)
@@ -173,7 +181,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
             auxiliary,
             run.train,
             run.prune,
-            _steps(run.prune.prune_epochs, run.prune.prune_max_steps, loaders["train"]),
+            _steps(run.prune.prune_epochs, run.prune.prune_max_steps, labelled),
             device,
             run.progress,
             checkpoint,
@@ -184,7 +192,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     if run.prune.method == "l0":
         phase = learn_l0_masks(
             student,
-            loaders["train"],
+            labelled,
             run.train,
             run.prune,
             base_loss,
@@ -202,7 +210,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
         learn = learn_pdp_masks if run.prune.method == "pdp" else score_and_prune
         phase = learn(
             student,
-            loaders["train"],
+            labelled,
             run.train,
             run.prune,
             joint_loss(base_loss, auxiliary),
@@ -231,7 +239,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     )
     final = Trainer(
         compact,
-        loaders["train"],
+        labelled,
         final_config,
         loss_fn=final_loss,
         extra_optimizers=final_extra,
@@ -299,7 +307,7 @@ def _steps(epochs: float, max_steps: int | None, loader) -> int:
     return phase_steps(phase_config(TrainConfig(), epochs, max_steps), loader)
 
 
-def _auxiliary_objective(run, task, student, teacher, tokenizer, source, loaders, device):
+def _auxiliary_objective(run, task, student, teacher, tokenizer, source, labelled, device):
     """Heads and data of the auxiliary tasks, when the coupling uses them; ``distill``
     learns from the run's dense teacher at the distillation temperature."""
     if not run.transfer.active:
@@ -318,8 +326,8 @@ def _auxiliary_objective(run, task, student, teacher, tokenizer, source, loaders
     ).to(device)
     # linear-decay runs over both target phases; final early stopping may end it sooner.
     auxiliary.total_steps = _steps(
-        run.prune.prune_epochs, run.prune.prune_max_steps, loaders["train"]
-    ) + _steps(run.prune.final_epochs, run.prune.final_max_steps, loaders["train"])
+        run.prune.prune_epochs, run.prune.prune_max_steps, labelled
+    ) + _steps(run.prune.final_epochs, run.prune.final_max_steps, labelled)
     return auxiliary
 
 
