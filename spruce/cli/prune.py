@@ -38,7 +38,9 @@ HELP = "structured pruning to a target sparsity, then compaction, export and mea
 
 def _per_recipe(epochs: dict[str, float]) -> str:
     """``5 with --recipe distill, 10 with --recipe plain``: a default that depends on
-    the recipe, for help texts."""
+    the recipe, for help texts (``5`` where every recipe has the same)."""
+    if len(set(epochs.values())) == 1:
+        return f"{next(iter(epochs.values())):g}"
     return ", ".join(f"{e:g} with --recipe {r}" for r, e in epochs.items())
 
 
