@@ -7,10 +7,11 @@ fine-tuned first on the labelled data -- is distilled into the pruned model on t
 labelled batches and, jointly, on unlabelled in-domain text (the rows of ``--train``
 left unlabelled and ``--unlabelled FILE``; for single-text tasks each joined with
 another, ``--aux-augment concat``) while the masks are learned (5 epochs,
-``RECIPE_PRUNE_EPOCHS``) and again in the final fine-tune of the compact model (10
+``RECIPE_PRUNE_EPOCHS``) and again in the final fine-tune of the compact model (5
 epochs without early stopping, the best validation step kept: ``RECIPE_FINAL_EPOCHS``,
-``RECIPE_FINAL_PATIENCE``). Without any unlabelled text it distils on the labelled text
-alone, and says so.
+``RECIPE_FINAL_PATIENCE``); the student's labelled batches are drawn by length
+(``RECIPE_GROUP_BY_LENGTH``). Without any unlabelled text it distils on the labelled
+text alone, and says so.
 
 ``plain`` prunes on the labelled data's cross-entropy alone, with only what the options
 ask for (``--teacher``, ``--distill``, ``--aux``).
