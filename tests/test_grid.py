@@ -293,6 +293,20 @@ def test_paths_resolve_against_the_yaml_folder_only_if_they_exist(tmp_path: Path
     assert resolve_path("data/t.tsv", root, root) == "data/t.tsv"
 
 
+def test_on_off_switches_keep_their_meaning(tmp_path: Path) -> None:
+    # --group-by-length / --no-group-by-length: the negative form is not an alias.
+    table = {**TABLE, **prune_options()}
+    for key, value, wanted in (
+        ("group-by-length", "false", "--no-group-by-length"),
+        ("no-group-by-length", "true", "--no-group-by-length"),
+        ("group-by-length", "true", "--group-by-length"),
+    ):
+        spec = load_grid(grid_file(tmp_path, f"  {key}: [{value}]\n"), table)
+        arguments = command_for(spec, expand(spec)[0], tmp_path / "run")
+        switches = [a for a in arguments if a.endswith("group-by-length")]
+        assert switches == [wanted], (key, value)
+
+
 def test_example_grids_expand(tmp_path: Path) -> None:
     # The transfer options are described here until spruce prune has them all.
     table = {**TABLE, **prune_options()}

@@ -19,15 +19,15 @@ from spruce.errors import SpruceError
 if TYPE_CHECKING:
     from spruce.grid.spec import GridSpec, Run
 
-FLAG, VALUE, REPEAT, SEVERAL = "flag", "value", "repeat", "several"
+FLAG, VALUE, REPEAT, SEVERAL, SWITCH = "flag", "value", "repeat", "several", "switch"
 Scalar = str | int | float
 
 
 @dataclass(frozen=True)
 class PruneOption:
     """One ``spruce prune`` option: its primary name (without ``--``) and how it takes
-    values: ``flag`` (true/false), ``value``, ``repeat`` (``--x a --x b``) or
-    ``several`` (``--x a b``)."""
+    values: ``flag`` (true/false), ``switch`` (``--x`` / ``--no-x``), ``value``,
+    ``repeat`` (``--x a --x b``) or ``several`` (``--x a b``)."""
 
     name: str
     kind: str = VALUE
@@ -54,6 +54,11 @@ def prune_options(command: str = "prune") -> dict[str, PruneOption]:
     for action in prune_parser(command)._actions:
         names = [s[2:] for s in action.option_strings if s.startswith("--")]
         if not names or isinstance(action, argparse._HelpAction):
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            # --no-x is the negation of --x, not an alias: each name stands for itself.
+            for name in names:
+                table[name] = PruneOption(name, FLAG if name.startswith("no-") else SWITCH)
             continue
         if action.nargs == 0:
             kind = FLAG
@@ -88,7 +93,8 @@ def option_arguments(
     resolve: Callable[[str], str] | None = None,
 ) -> list[str]:
     """``--name value`` arguments of ``options`` (YAML values: true = bare flag, false
-    = left out, a list = repeated option); ``resolve`` rewrites text values (paths)."""
+    = left out, or ``--no-name`` for a switch; a list = repeated option); ``resolve``
+    rewrites text values (paths)."""
     args: list[str] = []
     for name, value in options.items():
         if name == "quiet":
@@ -98,6 +104,9 @@ def option_arguments(
         if kind == FLAG:
             if value:
                 args.append(flag)
+            continue
+        if kind == SWITCH:
+            args.append(flag if value else f"--no-{name}")
             continue
         items = value if isinstance(value, list) else [value]
         texts = [resolve(i) if isinstance(i, str) and resolve else str(i) for i in items]

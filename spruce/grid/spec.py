@@ -21,7 +21,7 @@ import yaml
 
 from spruce.errors import SpruceError
 from spruce.grid import prune_cli
-from spruce.grid.prune_cli import FLAG, VALUE, PruneOption, Scalar
+from spruce.grid.prune_cli import FLAG, SWITCH, VALUE, PruneOption, Scalar
 from spruce.report.metrics import METRICS
 from spruce.transfer.config import canonical_prune_options, check_keys
 
@@ -275,9 +275,12 @@ def _options(values: Any, known: dict[str, PruneOption], where: str) -> dict[str
     options: dict[str, Any] = {}
     for key, value in values.items():
         name = _option_name(key, known, where)
+        value = _value(name, known[name].kind, value, where)
+        if known[name].kind == SWITCH and value is False:
+            name, value = f"no-{name}", True  # false is the switch's --no- form, not absent
         if name in options:
             raise SpruceError(f"option '{name}' is given twice in {where} (once as an alias)")
-        options[name] = _value(name, known[name].kind, value, where)
+        options[name] = value
     return options
 
 
@@ -287,7 +290,7 @@ def _value(name: str, kind: str, value: Any, where: str) -> Any:
 
     if value is None:
         return None  # the option is left out
-    if kind == FLAG:
+    if kind in (FLAG, SWITCH):
         if not isinstance(value, bool):
             raise SpruceError(f"'{name}' in {where} is a flag: use true or false, not {value!r}")
         return value
