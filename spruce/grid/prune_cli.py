@@ -93,8 +93,7 @@ def option_arguments(
     resolve: Callable[[str], str] | None = None,
 ) -> list[str]:
     """``--name value`` arguments of ``options`` (YAML values: true = bare flag, false
-    = left out, or ``--no-name`` for a switch; a list = repeated option); ``resolve``
-    rewrites text values (paths)."""
+    = left out, a list = repeated option); ``resolve`` rewrites text values (paths)."""
     args: list[str] = []
     for name, value in options.items():
         if name == "quiet":
@@ -105,8 +104,8 @@ def option_arguments(
             if value:
                 args.append(flag)
             continue
-        if kind == SWITCH:
-            args.append(flag if value else f"--no-{name}")
+        if kind == SWITCH:  # spec turned false into the FLAG no-NAME: only true comes here
+            args.append(flag)
             continue
         items = value if isinstance(value, list) else [value]
         texts = [resolve(i) if isinstance(i, str) and resolve else str(i) for i in items]
