@@ -11,7 +11,7 @@ import pytest
 from test_cli_errors import assert_nothing_written, assert_user_error, run_cli
 
 from spruce.cli.main import main
-from spruce.data.augment import augment_texts
+from spruce.data.augment import augment_texts, select_texts
 from tiny_models import write_sentiment_files
 
 FAST = [
@@ -97,7 +97,8 @@ def test_default_recipe_fine_tunes_a_teacher_and_distils_on_the_unlabelled_rest(
     assert [task["kind"] for task in report["transfer"]["aux"]] == ["distill"]
     assert report["transfer"]["coupling"] == "joint"
     assert report["transfer"]["schedule"] == "constant"  # the final fine-tune distils too
-    assert report["transfer"]["augment"] == "concat"  # single texts: joined in pairs
+    assert report["transfer"]["select"] == "longest"  # the longest texts it can read
+    assert report["transfer"]["augment"] == "none"
     assert report["transfer"]["aux_losses_computed"]["final"] == 2
     assert {"aux", "kd_pred"} <= set(report["phases"]["prune_trajectory"])  # losses per step
     assert report["config"]["prune"]["recipe"] == "distill"
@@ -208,6 +209,37 @@ def test_concat_augmentation_joins_every_text_with_another_once():
     assert sorted(seconds) == sorted(texts["text_a"])  # every text is a partner once
     assert all(a != b for a, b in zip(firsts, seconds, strict=True))
     assert augment_texts(texts, "none", seed=3) is texts
+
+
+def test_longest_selection_keeps_the_longest_texts_in_file_order():
+    texts = datasets.Dataset.from_dict({"text_a": ["a b", "a b c d", "a", "a b c", "x y z"]})
+    assert select_texts(texts, "longest", 3)["text_a"] == ["a b c d", "a b c", "x y z"]
+    assert select_texts(texts, "longest", 5) is texts  # as many rows as it has
+    assert select_texts(texts, "longest", None) is texts
+    assert select_texts(texts, "all", 1) is texts
+    pairs = datasets.Dataset.from_dict(
+        {"text_a": ["a", "a b c", "a b"], "text_b": ["a b c", "a", "a"]}
+    )
+    assert select_texts(pairs, "longest", 2)["text_a"] == ["a", "a b c"]  # both texts count
+
+
+def test_default_recipe_reads_only_the_longest_unlabelled_texts_it_has_steps_for(
+    tiny_models, data, tmp_path
+):
+    # 2 + 2 target steps of 4 auxiliary rows: 16 of the 48 unlabelled rows, the longest.
+    report = prune(
+        tiny_models["bert"], data, tmp_path / "out", "--target-sparsity", "0.5",
+        "--max-train-samples", "48", "--prune-max-steps", "2", "--final-max-steps", "2",
+        "--aux-batch-size", "4",
+    )  # fmt: skip
+    assert report["recipe"]["unlabelled"]["from_train"] == 48
+    assert report["transfer"]["tasks"][0]["examples"] == 16
+    everything = prune(
+        tiny_models["bert"], data, tmp_path / "all", "--target-sparsity", "0.5",
+        "--max-train-samples", "48", "--prune-max-steps", "2", "--final-max-steps", "2",
+        "--aux-batch-size", "4", "--aux-select", "all",
+    )  # fmt: skip
+    assert everything["transfer"]["tasks"][0]["examples"] == 48
 
 
 def test_default_recipe_distils_on_joined_unlabelled_texts(tiny_models, data, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from spruce.cli import options
 from spruce.cli.parsing import fraction, name_list, non_negative_int, positive_float, positive_int
-from spruce.data.augment import AUGMENTS
+from spruce.data.augment import AUGMENTS, SELECTS
 from spruce.errors import SpruceError
 from spruce.masks.control import CONTROLS, RAMPS
 from spruce.masks.units import UNIT_TYPES
@@ -254,7 +254,15 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
         choices=AUGMENTS,
         default=t.augment,
         help="distill: augment its unlabelled text (concat: join each text with another; "
-        "default: concat for single texts under --recipe distill, else none)",
+        "default: none under --recipe distill, which selects the longest texts instead)",
+    )
+    group.add_argument(
+        "--aux-select",
+        choices=SELECTS,
+        default=t.select,
+        help="distill: which unlabelled texts it reads (longest: as many of the longest "
+        "as the run has steps to read, each about once; default: longest under --recipe "
+        "distill, else all)",
     )
     group.add_argument(
         "--aux-distill-layers",
@@ -298,6 +306,7 @@ def transfer_config(args: argparse.Namespace) -> TransferConfig:
         aux_batch_size=args.aux_batch_size,
         mlm_probability=args.mlm_probability,
         augment=args.aux_augment,
+        select=args.aux_select,
         distill_layers=args.aux_distill_layers,
     ).validate()
 

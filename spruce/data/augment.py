@@ -5,6 +5,11 @@ Limited-data corpora are often short (SST-2's training rows are parse-tree phras
 words on average; its test rows are sentences of 20), and a student distilled on short
 inputs alone imitates its teacher worst where the task is hardest: on long inputs whose
 parts disagree. The teacher labels the joined text itself, so no label is invented.
+
+``longest`` selection keeps the longest texts a run has steps to read: a short run reads a
+few thousand of its unlabelled rows once, and reading the long ones shows the student the
+teacher's behaviour where it differs most (docs/results.md, "Distilling on the longest
+texts").
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from spruce.errors import SpruceError
 
 AUGMENTS = ("none", "concat")
+SELECTS = ("all", "longest")
 
 
 def augment_texts(texts: datasets.Dataset, augment: str, seed: int) -> datasets.Dataset:
@@ -50,3 +56,18 @@ def concatenated(texts: datasets.Dataset, seed: int) -> datasets.Dataset:
     partner[order] = np.roll(order, -1)
     joined = [f"{first[i]} {first[int(partner[i])]}" for i in range(len(first))]
     return datasets.Dataset.from_dict({"text_a": joined})
+
+
+def select_texts(texts: datasets.Dataset, select: str, rows: int | None) -> datasets.Dataset:
+    """``texts`` as ``select`` says: ``all``, or the ``rows`` longest in words (a pair
+    counts both texts; ties kept in file order), in file order. ``rows`` None or at
+    least ``len(texts)`` keeps every text."""
+    if select not in SELECTS:
+        raise SpruceError(f"--aux-select {select} is not known", f"use one of {', '.join(SELECTS)}")
+    if select == "all" or rows is None or rows >= len(texts):
+        return texts
+    words = np.array([len(text.split()) for text in texts["text_a"]])
+    if "text_b" in texts.column_names:
+        words += np.array([len(text.split()) for text in texts["text_b"]])
+    longest = np.argsort(-words, kind="stable")[: max(rows, 1)]
+    return texts.select(np.sort(longest).tolist())

@@ -312,6 +312,10 @@ def _auxiliary_objective(run, task, student, teacher, tokenizer, source, labelle
     learns from the run's dense teacher at the distillation temperature."""
     if not run.transfer.active:
         return None
+    # linear-decay runs over both target phases; final early stopping may end it sooner.
+    steps = _steps(run.prune.prune_epochs, run.prune.prune_max_steps, labelled) + _steps(
+        run.prune.final_epochs, run.prune.final_max_steps, labelled
+    )
     auxiliary = build_objective(
         run.transfer,
         task,
@@ -323,11 +327,9 @@ def _auxiliary_objective(run, task, student, teacher, tokenizer, source, labelle
         run.train.seed,
         teacher=teacher,
         distillation=run.prune.distillation,
+        steps=steps,
     ).to(device)
-    # linear-decay runs over both target phases; final early stopping may end it sooner.
-    auxiliary.total_steps = _steps(
-        run.prune.prune_epochs, run.prune.prune_max_steps, labelled
-    ) + _steps(run.prune.final_epochs, run.prune.final_max_steps, labelled)
+    auxiliary.total_steps = steps
     return auxiliary
 
 

@@ -5,8 +5,8 @@
 ``--model`` itself when it already is a fine-tuned classifier for the task, else one
 fine-tuned first on the labelled data -- is distilled into the pruned model on the
 labelled batches and, jointly, on unlabelled in-domain text (the rows of ``--train``
-left unlabelled and ``--unlabelled FILE``; for single-text tasks each joined with
-another, ``--aux-augment concat``) while the masks are learned (5 epochs,
+left unlabelled and ``--unlabelled FILE``; of those, the longest the run has steps to
+read, ``--aux-select longest``) while the masks are learned (5 epochs,
 ``RECIPE_PRUNE_EPOCHS``) and again in the final fine-tune of the compact model (5
 epochs without early stopping, the best validation step kept: ``RECIPE_FINAL_EPOCHS``,
 ``RECIPE_FINAL_PATIENCE``); the student's labelled batches are drawn by length
@@ -33,7 +33,7 @@ from spruce.transfer.config import AuxTask, TransferConfig
 # The measured best transfer (docs/results.md, "The best transfer over three seeds" and
 # "The default recipe"): the teacher's predictions on the unlabelled text as a joint
 # auxiliary task of shared structure, in the pruning phase and the final fine-tune, on
-# pairs of joined texts where the task reads single texts.
+# the longest unlabelled texts (which replaced joining short texts in pairs).
 DISTILL_TRANSFER = {"coupling": "joint", "transfer": "both", "schedule": "constant"}
 
 
@@ -70,9 +70,12 @@ def resolve_recipe(
         summary["auxiliary"] = "as given"
         return prune, transfer, summary
     if task.unlabelled is not None and len(task.unlabelled) > 0:
-        augment = transfer.augment or ("none" if task.columns.is_pair else "concat")
         transfer = replace(
-            transfer, aux=(AuxTask("distill").validate(),), augment=augment, **DISTILL_TRANSFER
+            transfer,
+            aux=(AuxTask("distill").validate(),),
+            augment=transfer.augment or "none",
+            select=transfer.select or "longest",
+            **DISTILL_TRANSFER,
         ).validate()
         summary["auxiliary"] = "distill on the unlabelled text"
         return prune, transfer, summary

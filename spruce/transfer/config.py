@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from spruce.data.augment import AUGMENTS
+from spruce.data.augment import AUGMENTS, SELECTS
 from spruce.errors import SpruceError
 from spruce.utils.fields import checked_fields
 
@@ -152,6 +152,9 @@ class TransferConfig:
     # distill's unlabelled text: spruce.data.augment.AUGMENTS; None: the recipe's (concat
     # for single texts under --recipe distill), else none.
     augment: str | None = None
+    # distill's choice of unlabelled texts: SELECTS; None: the recipe's (longest under
+    # --recipe distill), else all.
+    select: str | None = None
     distill_layers: bool = False  # distill: the layer loss on the unlabelled text too
 
     def validate(self) -> TransferConfig:
@@ -177,6 +180,8 @@ class TransferConfig:
             raise SpruceError("--mlm-probability must be in (0, 1)")
         if self.augment is not None:
             _choose("--aux-augment", self.augment, AUGMENTS)
+        if self.select is not None:
+            _choose("--aux-select", self.select, SELECTS)
         return self
 
     @property
@@ -187,6 +192,11 @@ class TransferConfig:
     def distill_augment(self) -> str:
         """What ``distill`` does to its unlabelled text (the recipe may have set it)."""
         return self.augment or "none"
+
+    @property
+    def distill_select(self) -> str:
+        """Which unlabelled texts ``distill`` reads (the recipe may have set it)."""
+        return self.select or "all"
 
     @property
     def shared_gates(self) -> bool:
@@ -273,7 +283,7 @@ def check_keys(values: Mapping[str, Any], known: list[str], what: str) -> None:
 _IGNORED_OPTIONS = {
     "none": ("aux", "aux-weight", "aux-ratio", "aux-steps", "aux-schedule", "transfer",
              "tie-strength", "aux-text-columns", "aux-label-column", "aux-batch-size",
-             "mlm-probability", "aux-augment", "aux-distill-layers"),
+             "mlm-probability", "aux-augment", "aux-select", "aux-distill-layers"),
     "sequential": ("aux-schedule", "tie-strength"),
     "joint": ("aux-steps", "tie-strength"),
     "tied": ("aux-steps", "transfer"),

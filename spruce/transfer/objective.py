@@ -11,6 +11,7 @@ sequential coupling trains on :meth:`AuxiliaryObjective.first_stage_loss` alone 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spruce.data import TaskData
-from spruce.data.augment import augment_texts
+from spruce.data.augment import augment_texts, select_texts
 from spruce.errors import SpruceError
 from spruce.masks.gates import EncoderGates
 from spruce.masks.switch import GateSwitch
@@ -207,12 +208,15 @@ def build_objective(
     seed: int,
     teacher: PreTrainedModel | None = None,
     distillation: DistillationConfig | None = None,
+    steps: int | None = None,
 ) -> AuxiliaryObjective:
     """Heads and data streams for every auxiliary task of ``config``; ``distill`` tasks
     compare the student with ``teacher`` as ``distillation`` says (its temperature; its
     layers and ``alpha`` when ``config.distill_layers``). Under several processes each
     stream yields this process's shard (as the target's loader does); the heads start
-    alike everywhere (copied weights, or drawn after the same seeding)."""
+    alike everywhere (copied weights, or drawn after the same seeding). ``steps``, the
+    target steps the objective will serve, bounds the texts ``--aux-select longest`` keeps:
+    as many as the run reads (None: every text)."""
     separate = config.coupling == "tied" or (config.coupling == "joint" and not config.shared_gates)
     batch_size = config.aux_batch_size or batch_size
     shard = {"rank": context().rank, "world_size": context().world_size}
@@ -236,7 +240,12 @@ def build_objective(
         elif task.kind == "distill":
             if teacher is None:
                 raise no_teacher_error()
-            texts = augment_texts(distill_texts(task, target), config.distill_augment, stream_seed)
+            texts = select_texts(
+                distill_texts(task, target),
+                config.distill_select,
+                None if steps is None else rows_read(config, steps, batch_size),
+            )
+            texts = augment_texts(texts, config.distill_augment, stream_seed)
             head, pretrained = distill_head(teacher, model, config, distillation), False
             stream = text_stream(texts, tokenizer, batch_size, max_length, stream_seed, **shard)
             examples = len(texts)
@@ -258,6 +267,11 @@ def build_objective(
             )
         )
     return AuxiliaryObjective(config, runtimes)
+
+
+def rows_read(config: TransferConfig, steps: int, batch_size: int) -> int:
+    """Auxiliary rows ``steps`` target steps read from each task, over every process."""
+    return math.ceil(steps * config.aux_ratio) * batch_size * context().world_size
 
 
 def distill_head(
