@@ -111,6 +111,20 @@ def test_canonical_options_drop_what_a_coupling_ignores():
     assert canonical_prune_options({**base, "coupling": "sequential"})["transfer"] == "masks"
 
 
+def test_canonical_options_keep_what_the_cli_would_use_when_the_coupling_is_left_out():
+    # --aux without --coupling runs joint; without --aux the distill recipe sets the
+    # transfer itself, so its auxiliary options apply; only --recipe plain ignores them.
+    given = canonical_prune_options({"aux": ["distill"], "aux-augment": "concat"})
+    assert given == {"aux": ["distill"], "aux-augment": "concat"}
+    recipe = {"aux-select": "all", "aux-augment": "concat"}
+    assert canonical_prune_options(recipe) == recipe
+    assert canonical_prune_options({**recipe, "recipe": "distill"}) == {
+        **recipe,
+        "recipe": "distill",
+    }
+    assert canonical_prune_options({**recipe, "recipe": "plain"}) == {"recipe": "plain"}
+
+
 # -- data and heads ------------------------------------------------------------------
 
 

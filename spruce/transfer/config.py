@@ -293,8 +293,17 @@ _IGNORED_OPTIONS = {
 def canonical_prune_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """``spruce prune`` options (names without ``--``) minus those the run's coupling
     ignores: a grid over couplings x transfers x schedules then runs each distinct
-    behaviour once (``none`` once per seed, not once per transfer and schedule)."""
-    coupling = str(options.get("coupling", TransferConfig.coupling))
+    behaviour once (``none`` once per seed, not once per transfer and schedule). The
+    coupling left out is the CLI's: joint with ``aux``; without, the recipe chooses, and
+    under any recipe but ``plain`` (pipelines/recipe.py) every option may apply."""
+    coupling = options.get("coupling")
+    if coupling is None and options.get("aux"):
+        coupling = DEFAULT_WITH_AUX["coupling"]
+    if coupling is None:
+        if options.get("recipe") != "plain":
+            return dict(options)
+        coupling = TransferConfig.coupling
+    coupling = str(coupling)
     ignored = _IGNORED_OPTIONS.get(coupling, ())
     kept = {key: value for key, value in options.items() if key not in ignored}
     if coupling == "joint" and kept.get("transfer") == "masks":
