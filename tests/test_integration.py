@@ -81,7 +81,11 @@ def test_demo_runs_end_to_end_on_the_spam_assassin_corpus(tmp_path, capsys):
     assert default["recipe"]["name"] == "distill" and default["recipe"]["teacher"] == "given"
     transfer = default["transfer"]
     assert transfer["coupling"] == "joint" and transfer["aux"][0]["kind"] == "distill"
-    assert transfer["tasks"][0]["examples"] > 3000  # the unlabelled rest of the pool
+    unlabelled = default["recipe"]["unlabelled"]["from_train"]
+    assert unlabelled > 3000  # the unlabelled rest of the pool
+    # of which it reads the longest rows, as many as its few steps read once
+    assert transfer["select"] == "longest"
+    assert 0 < transfer["tasks"][0]["examples"] < unlabelled
     plain = json.loads((out / "plain" / "report.json").read_text())
     assert plain["recipe"]["name"] == "plain" and plain["transfer"]["coupling"] == "none"
     assert summary["splits"]["test_hard_ham"] > 100
