@@ -8,8 +8,8 @@ parts disagree. The teacher labels the joined text itself, so no label is invent
 
 ``longest`` selection keeps the longest texts a run has steps to read: a short run reads a
 few thousand of its unlabelled rows once, and reading the long ones shows the student the
-teacher's behaviour where it differs most (docs/results.md, "Distilling on the longest
-texts").
+teacher's behaviour where it differs most (docs/results.md, "The current default:
+distilling on the longest texts").
 """
 
 from __future__ import annotations

@@ -149,8 +149,8 @@ class TransferConfig:
     aux_steps: int | None = None  # sequential: first-stage steps (None: the pruning phase's)
     aux_batch_size: int | None = None  # None: the target's batch size
     mlm_probability: float = 0.15
-    # distill's unlabelled text: spruce.data.augment.AUGMENTS; None: the recipe's (concat
-    # for single texts under --recipe distill), else none.
+    # distill's unlabelled text: spruce.data.augment.AUGMENTS; None: none (the distill
+    # recipe selects the longest texts instead of joining them).
     augment: str | None = None
     # distill's choice of unlabelled texts: SELECTS; None: the recipe's (longest under
     # --recipe distill), else all.
