@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=320, help="target steps of the run")
+    parser.add_argument("--aux-ratio", type=int, default=1, help="unlabelled batches a step")
     args = parser.parse_args()
     task = load_task(TaskDataConfig(train=args.train, max_train_samples=args.max_train_samples))
     _, tokenizer, _ = load_classifier(args.model, task.label_names)
@@ -57,7 +58,7 @@ def main() -> None:
         print(f"labelled, {order}: {padded:.1f} padded tokens per row for {real:.1f} real")
     unlabelled = task.unlabelled.select_columns(["text_a"])
     for name, (select, augment) in DISTILL_TEXTS.items():
-        texts = select_texts(unlabelled, select, args.steps * args.batch_size)
+        texts = select_texts(unlabelled, select, args.steps * args.aux_ratio * args.batch_size)
         texts = augment_texts(texts, augment, seed=0)
         encoded = tokenize_split(texts, tokenizer, args.max_length)
         words = np.mean([len(text.split()) for text in texts["text_a"]])
