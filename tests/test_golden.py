@@ -1,0 +1,55 @@
+"""Every golden run (tests/golden.py) gives the weights and report recorded before the redesign."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from golden import GOLDEN, RUNS, machine, make_inputs, run
+
+
+def differences(expected: object, actual: object, path: str = "") -> list[str]:
+    """The key paths where two JSON values differ, for a message one can act on."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        found = [f"{path}/{k}: only one side" for k in expected.keys() ^ actual.keys()]
+        for key in expected.keys() & actual.keys():
+            found += differences(expected[key], actual[key], f"{path}/{key}")
+        return found
+    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        return [
+            d
+            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
+            for d in differences(e, a, f"{path}[{i}]")
+        ]
+    return [] if expected == actual else [f"{path}: {expected!r} != {actual!r}"]
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict:
+    """The recorded digests, where this machine can reproduce them bit for bit."""
+    golden = json.loads(GOLDEN.read_text())
+    if golden["machine"] != machine():
+        pytest.skip(
+            f"golden outputs were recorded on {golden['machine']}, this is {machine()}: "
+            "record them here first (python tests/golden.py --record) to compare a change"
+        )
+    return golden["runs"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("golden")
+    make_inputs(folder)
+    return folder
+
+
+def test_differences_names_the_changed_value() -> None:
+    assert differences({"a": [1, {"b": 2}]}, {"a": [1, {"b": 3}]}) == ["/a[1]/b: 2 != 3"]
+    assert differences({"a": 1}, {"a": 1}) == []
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_results_match_the_recorded_ones(name: str, recorded: dict, root: Path) -> None:
+    changed = differences(recorded[name], run(name, root))
+    assert not changed, f"{name} moved ({len(changed)} values): " + "; ".join(changed[:8])
