@@ -10,7 +10,7 @@ adds ``--target-sparsity`` (0.9) and ``--no-latency``, nothing else, so it runs 
 default recipe. The two run one after the other, each alone with ``--threads`` (2), each
 timed as a whole process from start to exit (start-up, data reading and saving
 included). Run it with nothing else on the machine: the issue's target is a ratio of at
-most 3. Writes ``cost.json`` and ``cost.md`` under ``--out``; the models go to a
+most 3. Writes ``report.json`` and ``cost.md`` under ``--out``; the models go to a
 temporary folder and are deleted; the prune run's report.json and plots are kept under
 ``--out``/prune (its accuracy is one seed of the default command).
 """
@@ -79,7 +79,7 @@ def main() -> int:
         parser.error("give the data options after --, e.g. -- --train FILE")
     result = measure(options, args.seed, args.threads, args.target_sparsity, args.out / "prune")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cost.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in result["prune_phases_s"].items())
     (args.out / "cost.md").write_text(
         "| command | wall s |\n| --- | ---: |\n"
