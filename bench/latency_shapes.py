@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from spruce.compact.modeling import CompactModelForSequenceClassification, SpruceCompactConfig
 from spruce.models import encoder_shape, load_classifier
+from spruce.models.compact import CompactModelForSequenceClassification, SpruceCompactConfig
 from spruce.models.structure import EncoderShape
 from spruce.report.flops import model_flops
 from spruce.report.latency import measure_latency_table

@@ -14,9 +14,9 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from spruce.compact.masking import check_mask_shapes
-from spruce.compact.modeling import CompactModelForSequenceClassification, SpruceCompactConfig
 from spruce.errors import SpruceError
 from spruce.masks.units import UnitMasks
+from spruce.models.compact import CompactModelForSequenceClassification, SpruceCompactConfig
 from spruce.models.loading import TASK_METADATA_KEY
 from spruce.models.structure import describe, encoder_shape, layer_modules
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from spruce.compact.modeling import (
+from spruce.errors import SpruceError
+from spruce.models.compact import (
     MODEL_TYPE,
     CompactModelForSequenceClassification,
     SpruceCompactConfig,
+    register_auto_classes,
 )
-from spruce.errors import SpruceError
 from spruce.models.loading import load_tokenizer, read_weights, saved_model_dir
 
 
@@ -38,6 +39,7 @@ def load_pruned(
 ) -> tuple[CompactModelForSequenceClassification, PreTrainedTokenizerBase]:
     """A compacted model and its tokenizer from ``path`` (a run directory or its ``model/``)."""
     path = saved_model_dir(path, "spruce prune")
+    register_auto_classes()
     try:
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError) as error:

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from spruce.errors import SpruceError
+from spruce.models.compact import register_auto_classes
 from spruce.models.structure import describe
 from spruce.utils.hub import hub_reachable
 
@@ -80,9 +81,7 @@ def _sentence_transformers_encoder(path: Path) -> str:
 
 
 def load_config(source: str) -> PretrainedConfig:
-    # Registers spruce's compact model type with the Auto classes before anything is read.
-    import spruce.compact  # noqa: F401
-
+    register_auto_classes()  # a pruned model's folder names spruce's compact model type
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:

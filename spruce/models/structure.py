@@ -93,6 +93,8 @@ _BERT_LAYER = LayerLayout(
 )
 
 DESCRIPTIONS: dict[str, ArchitectureDescription] = {}
+# The model type of spruce's compact encoder (spruce.models.compact), whose layout is below.
+COMPACT_MODEL_TYPE = "spruce_compact"
 
 
 def register_description(description: ArchitectureDescription) -> ArchitectureDescription:
@@ -185,3 +187,25 @@ def encoder_parameters(model: PreTrainedModel) -> list[torch.nn.Parameter]:
     """Parameters inside the transformer layers (no embeddings, pooler or task head)."""
     d = describe(model.config)
     return list(model.base_model.get_submodule(d.layers).parameters())
+
+
+register_description(
+    ArchitectureDescription(
+        family=COMPACT_MODEL_TYPE,
+        model_types=(COMPACT_MODEL_TYPE,),
+        layers="layers",
+        embeddings="embeddings",
+        word_embeddings="embeddings.word_embeddings",
+        embedding_norm="embeddings.norm",
+        layer=LayerLayout(
+            query="attention.query",
+            key="attention.key",
+            value="attention.value",
+            attention_output="attention.output",
+            attention_norm="attention_norm",
+            ffn_input="ffn.intermediate",
+            ffn_output="ffn.output",
+            ffn_norm="ffn_norm",
+        ),
+    )
+)

@@ -26,7 +26,8 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
-MODEL_TYPE = "spruce_compact"
+from spruce.models.structure import COMPACT_MODEL_TYPE as MODEL_TYPE
+
 CLASSIFIER_KINDS = ("bert", "roberta", "distilbert")
 POSITION_KINDS = ("absolute", "padding_offset")
 
@@ -352,8 +353,14 @@ class CompactModelForSequenceClassification(SpruceCompactPreTrainedModel):
         return BCEWithLogitsLoss()(logits, labels)
 
 
-AutoConfig.register(MODEL_TYPE, SpruceCompactConfig, exist_ok=True)
-AutoModel.register(SpruceCompactConfig, SpruceCompactModel, exist_ok=True)
-AutoModelForSequenceClassification.register(
-    SpruceCompactConfig, CompactModelForSequenceClassification, exist_ok=True
-)
+def register_auto_classes() -> None:
+    """Make ``Auto*.from_pretrained`` build this model from its saved config (idempotent).
+
+    Called by :func:`spruce.models.loading.load_config` before a model is read, rather than
+    on import, so that what registers it is visible where it is needed.
+    """
+    AutoConfig.register(MODEL_TYPE, SpruceCompactConfig, exist_ok=True)
+    AutoModel.register(SpruceCompactConfig, SpruceCompactModel, exist_ok=True)
+    AutoModelForSequenceClassification.register(
+        SpruceCompactConfig, CompactModelForSequenceClassification, exist_ok=True
+    )
