@@ -22,6 +22,7 @@ from spruce.compact import (
 from spruce.errors import SpruceError
 from spruce.masks import UnitMasks
 from spruce.models import encoder_parameters, encoder_shape, layer_modules
+from spruce.models.compact import register_auto_classes
 from tiny_models import SIZES
 
 FAMILIES = ("bert", "roberta", "distilbert")
@@ -265,7 +266,8 @@ def test_save_and_load_round_trip(models: dict, family: str, tmp_path: Path) -> 
     shape = encoder_shape(loaded.config)
     assert list(shape.heads) == compact.config.layer_heads
     assert list(shape.ffn) == compact.config.layer_ffn
-    # The Auto classes know the compact type once spruce.compact is imported.
+    # The Auto classes know the compact type once it is registered (load_pruned did, too).
+    register_auto_classes()
     auto = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
     assert torch.equal(auto(**batch).logits, compact(**batch).logits)
 
