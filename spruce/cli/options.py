@@ -6,16 +6,13 @@ import argparse
 from pathlib import Path
 
 from spruce.cli.parsing import (
-    fraction,
     name_list,
-    non_negative_float,
     non_negative_int,
-    positive_float,
     positive_int,
 )
+from spruce.cli.settings import add_settings, config_from_args
 from spruce.data import TaskDataConfig
 from spruce.models import DEFAULT_MODEL
-from spruce.report.metrics import METRICS
 from spruce.train import TrainConfig
 from spruce.train.checkpoint import DEFAULT_EVERY_STEPS
 
@@ -97,55 +94,7 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig()
-    group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=positive_float, default=defaults.epochs)
-    group.add_argument(
-        "--max-steps",
-        type=positive_int,
-        help="stop after this many optimizer steps (overrides --epochs)",
-    )
-    group.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
-    group.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size)
-    group.add_argument(
-        "--learning-rate", "--lr", type=positive_float, default=defaults.learning_rate
-    )
-    group.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
-    group.add_argument(
-        "--warmup-ratio",
-        type=fraction,
-        default=defaults.warmup_ratio,
-        help="fraction of steps with linear learning-rate warm-up",
-    )
-    group.add_argument(
-        "--max-grad-norm",
-        type=non_negative_float,
-        default=defaults.max_grad_norm,
-        help="gradient clipping (0: off)",
-    )
-    group.add_argument(
-        "--eval-steps",
-        type=positive_int,
-        help="also evaluate every N steps (default: at each epoch end)",
-    )
-    group.add_argument(
-        "--patience",
-        type=positive_int,
-        default=defaults.patience,
-        help="stop after N evaluations without improvement",
-    )
-    group.add_argument(
-        "--metric",
-        choices=sorted(METRICS),
-        default=defaults.metric,
-        help="primary metric for model selection and reports",
-    )
-    group.add_argument(
-        "--seed",
-        type=int,
-        default=defaults.seed,
-        help="seeds sampling, initialisation and data order",
-    )
+    add_settings(parser.add_argument_group("training"), TrainConfig)
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
@@ -219,17 +168,4 @@ def data_config(args: argparse.Namespace) -> TaskDataConfig:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm,
-        eval_steps=args.eval_steps,
-        patience=args.patience,
-        metric=args.metric,
-        seed=args.seed,
-    ).validate()
+    return config_from_args(TrainConfig, args)

@@ -234,9 +234,10 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     final_extra = [*final_extra, *aux_final]
     final_config = phase_config(run.train, run.prune.final_epochs, run.prune.final_max_steps)
     final_patience = run.prune.final_patience
-    final_config = replace(
-        final_config, patience=run.train.patience if final_patience is None else final_patience
-    )
+    if final_patience is None:
+        final_patience = run.train.patience
+    # --final-patience 0 means no early stopping, which a TrainConfig spells None.
+    final_config = replace(final_config, patience=final_patience or None)
     final = Trainer(
         compact,
         labelled,

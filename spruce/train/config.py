@@ -6,56 +6,64 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from spruce.config import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Bounds,
+    check_settings,
+    setting,
+)
 from spruce.errors import SpruceError
+
+
+def _metric_names() -> list[str]:
+    from spruce.report.metrics import METRICS  # metric names only; imported when checked
+
+    return sorted(METRICS)
 
 
 @dataclass
 class TrainConfig:
     """Settings of one training phase; ``to_dict``/``from_dict`` round-trip through JSON."""
 
-    epochs: float = 5.0
-    max_steps: int | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_steps: int | None = None
-    patience: int | None = 3
-    metric: str = "accuracy"
-    seed: int = 0
+    epochs: float = setting(5.0, "training epochs (a fraction ends mid-epoch)", bounds=POSITIVE)
+    max_steps: int | None = setting(
+        None, "stop after this many optimizer steps (overrides --epochs)", bounds=AT_LEAST_ONE
+    )
+    batch_size: int = setting(32, "labelled examples a step", bounds=POSITIVE)
+    eval_batch_size: int = setting(128, "examples a forward pass in evaluation", bounds=POSITIVE)
+    learning_rate: float = setting(
+        1e-4, "peak learning rate (AdamW)", aliases=("--lr",), bounds=POSITIVE
+    )
+    weight_decay: float = setting(0.01, "AdamW weight decay", bounds=NON_NEGATIVE)
+    warmup_ratio: float = setting(
+        0.1, "fraction of steps with linear learning-rate warm-up", bounds=FRACTION
+    )
+    max_grad_norm: float = setting(1.0, "gradient clipping (0: off)", bounds=NON_NEGATIVE)
+    eval_steps: int | None = setting(
+        None, "also evaluate every N steps (default: at each epoch end)", bounds=AT_LEAST_ONE
+    )
+    patience: int | None = setting(
+        3, "stop after N evaluations without improvement", bounds=AT_LEAST_ONE
+    )
+    metric: str = setting(
+        "accuracy", "primary metric for model selection and reports", choices=_metric_names
+    )
+    # NumPy's legacy seeding, which seed_everything uses, takes 32-bit seeds only.
+    seed: int = setting(
+        0,
+        "seeds sampling, initialisation and data order",
+        bounds=Bounds(low=0, high=2**32 - 1),
+        fix="pass a non-negative 32-bit seed, e.g. --seed 0",
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def validate(self) -> TrainConfig:
-        from spruce.report.metrics import METRICS
-
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "eval_batch_size": self.eval_batch_size,
-            "learning_rate": self.learning_rate,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise SpruceError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("max_steps", "eval_steps", "patience"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise SpruceError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise SpruceError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise SpruceError("--weight-decay and --max-grad-norm must not be negative")
-        if not 0 <= self.seed < 2**32:
-            # NumPy's legacy seeding, which seed_everything uses, takes 32-bit seeds only.
-            raise SpruceError(
-                f"--seed must be between 0 and {2**32 - 1}, got {self.seed}",
-                "pass a non-negative 32-bit seed, e.g. --seed 0",
-            )
-        if self.metric not in METRICS:
-            raise SpruceError(
-                f"--metric {self.metric} is not known", f"choose one of {', '.join(METRICS)}"
-            )
+        check_settings(self)
         return self
 
     def total_steps(self, steps_per_epoch: int) -> int:

@@ -1,0 +1,117 @@
+"""Settings declared once: a dataclass field carries its flag, help text and valid range.
+
+A config class declares each setting with :func:`setting`; its ``__post_init__`` calls
+:func:`check_settings`, so a config built from the command line, a report.json, a grid
+file or Python is checked by the same rule, and ``spruce.cli`` generates its options from
+the same fields (:mod:`spruce.cli.settings`). Nothing here knows argparse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from spruce.errors import SpruceError
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A closed or half-open numeric range; ``None`` leaves that side unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        """The range in words, as in "--epochs must be positive"."""
+        if self.low == 0 and self.low_open and self.high is None:
+            return "positive"
+        if self.high is None:
+            return f"at least {_number(self.low)}"
+        if self.low is not None and not self.low_open and not self.high_open:
+            return f"between {_number(self.low)} and {_number(self.high)}"
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+
+
+POSITIVE = Bounds(low=0, low_open=True)
+AT_LEAST_ONE = Bounds(low=1)
+NON_NEGATIVE = Bounds(low=0)
+FRACTION = Bounds(low=0, high=1, high_open=True)  # [0, 1)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a config field declares besides its type and default."""
+
+    help: str = ""
+    flag: str | None = None  # None: --field-name
+    aliases: tuple[str, ...] = ()
+    bounds: Bounds | None = None
+    # The allowed values, or a function returning them (to import a registry lazily).
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
+    metavar: str | None = None
+    fix: str | None = None  # the second half of the error, where the range alone is not enough
+
+    def allowed(self) -> Sequence[str] | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+
+def setting(
+    default: Any,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    aliases: tuple[str, ...] = (),
+    bounds: Bounds | None = None,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    metavar: str | None = None,
+    fix: str | None = None,
+) -> Any:
+    """A dataclass field that the command line, config files and checks all read."""
+    declared = Setting(help, flag, aliases, bounds, choices, metavar, fix)
+    return dataclasses.field(default=default, metadata={"setting": declared})
+
+
+def settings_of(config: Any) -> Iterator[tuple[dataclasses.Field, Setting]]:
+    """The fields of a config class (or instance) declared with :func:`setting`."""
+    for field in dataclasses.fields(config):
+        declared = field.metadata.get("setting")
+        if declared is not None:
+            yield field, declared
+
+
+def flag_of(field: dataclasses.Field, declared: Setting) -> str:
+    return declared.flag or "--" + field.name.replace("_", "-")
+
+
+def check_settings(config: Any) -> None:
+    """Raise :class:`SpruceError` naming the first setting outside its range or choices."""
+    for field, declared in settings_of(config):
+        value = getattr(config, field.name)
+        if value is None or isinstance(value, bool):
+            continue
+        flag = flag_of(field, declared)
+        allowed = declared.allowed()
+        if allowed is not None and value not in allowed:
+            raise SpruceError(f"{flag} {value} is not known", f"choose one of {', '.join(allowed)}")
+        if declared.bounds is not None and not declared.bounds.holds(value):
+            raise SpruceError(
+                f"{flag} must be {declared.bounds.describe()}, got {value}", declared.fix
+            )
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
