@@ -190,10 +190,14 @@ def check_table(result: datasets.Dataset | SpruceError) -> None:
 
 
 def check_task(path: Path, max_train: int | None, shots: int | None, seed: int) -> None:
-    config = TaskDataConfig(
-        train=str(path), max_train_samples=max_train, shots_per_class=shots, seed=seed
+    # A sample size out of range is refused when the config is built, as a user error.
+    task = valid_or_user_error(
+        lambda: load_task(
+            TaskDataConfig(
+                train=str(path), max_train_samples=max_train, shots_per_class=shots, seed=seed
+            )
+        )
     )
-    task = valid_or_user_error(lambda: load_task(config))
     if isinstance(task, SpruceError):
         return
     labels = task.train["label"]

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from spruce.cli.parsing import (
-    name_list,
     non_negative_int,
     positive_int,
 )
@@ -17,65 +16,9 @@ from spruce.train import TrainConfig
 from spruce.train.checkpoint import DEFAULT_EVERY_STEPS
 
 
-def add_data_options(
-    parser: argparse.ArgumentParser, *, train_required: bool = True, unlabelled: bool = False
-) -> None:
+def add_data_options(parser: argparse.ArgumentParser, *, unlabelled: bool = False) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument(
-        "--train",
-        required=train_required,
-        help="training data: .csv, .tsv, "
-        ".jsonl, a save_to_disk directory, or a hub dataset NAME[:CONFIG]",
-    )
-    group.add_argument("--validation", help="validation data (early stopping, model selection)")
-    group.add_argument("--test", help="test data, evaluated once with the best model")
-    group.add_argument(
-        "--text-columns",
-        type=name_list,
-        metavar="A[,B]",
-        help="text column, or two for sentence pairs (default: detected)",
-    )
-    group.add_argument("--label-column", metavar="NAME", help="label column (default: detected)")
-    group.add_argument(
-        "--label-names",
-        type=name_list,
-        metavar="L1,L2,...",
-        help="label order (their ids); default: sorted",
-    )
-    group.add_argument("--task-name", help="name used in reports (default: from the file path)")
-    sample = group.add_mutually_exclusive_group()
-    sample.add_argument(
-        "--max-train-samples",
-        type=positive_int,
-        metavar="N",
-        help="use N labelled training examples, stratified, chosen by --seed",
-    )
-    sample.add_argument(
-        "--shots-per-class",
-        type=positive_int,
-        metavar="K",
-        help="use K labelled training examples per class, chosen by --seed",
-    )
-    group.add_argument(
-        "--max-eval-samples",
-        type=positive_int,
-        metavar="N",
-        help="evaluate on a stratified subset of N validation examples",
-    )
-    group.add_argument(
-        "--max-test-samples",
-        type=positive_int,
-        metavar="N",
-        help="evaluate on a stratified subset of N test examples",
-    )
-    if unlabelled:
-        group.add_argument(
-            "--unlabelled",
-            metavar="FILE",
-            help="unlabelled in-domain text for distillation (and --aux mlm): .txt, one "
-            "document per line, or a data file with the task's text column(s); added to "
-            "the rows of --train that --max-train-samples leaves unlabelled",
-        )
+    add_settings(group, TaskDataConfig, skip=() if unlabelled else ("unlabelled",))
     group.add_argument(
         "--max-length",
         type=positive_int,
@@ -150,21 +93,7 @@ def run_options(args: argparse.Namespace) -> dict:
 
 
 def data_config(args: argparse.Namespace) -> TaskDataConfig:
-    return TaskDataConfig(
-        train=args.train,
-        validation=args.validation,
-        test=args.test,
-        text_columns=args.text_columns,
-        label_column=args.label_column,
-        label_names=args.label_names,
-        max_train_samples=args.max_train_samples,
-        shots_per_class=args.shots_per_class,
-        max_eval_samples=args.max_eval_samples,
-        max_test_samples=args.max_test_samples,
-        seed=args.seed,
-        name=args.task_name,
-        unlabelled=getattr(args, "unlabelled", None),
-    )
+    return config_from_args(TaskDataConfig, args, seed=args.seed)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

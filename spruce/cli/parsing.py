@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import NoReturn
 
+from spruce.config import comma_names
+
 
 class Parser(argparse.ArgumentParser):
     """argparse prints a usage block before its error; spruce prints one line only."""
@@ -51,10 +53,10 @@ def non_negative_float(text: str) -> float:
 
 
 def name_list(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(","))
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"expected comma-separated names, got '{text}'")
-    return names
+    try:
+        return comma_names(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _number(text: str, kind: type, what: str):

@@ -8,51 +8,87 @@ message, and a new setting is one field.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import types
 import typing
 from collections.abc import Callable
 from typing import Any
 
-from spruce.config import Bounds, flag_of, settings_of
+from spruce.config import Bounds, Setting, flag_of, settings_of
 
 
 def add_settings(
     group: argparse._ArgumentGroup | argparse.ArgumentParser,
     config_class: type,
     defaults: Any = None,
+    skip: tuple[str, ...] = (),
 ) -> None:
-    """One option per setting of ``config_class``; defaults from ``defaults`` (an instance
-    of it, for a command whose defaults differ) or the class's own."""
-    defaults = defaults if defaults is not None else config_class()
+    """One option per setting of ``config_class`` but those named in ``skip``; defaults
+    from ``defaults`` (an instance, for a command whose defaults differ) or the class's."""
     hints = typing.get_type_hints(config_class)
+    exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for field, declared in settings_of(config_class):
-        kind = _base_type(hints[field.name])
-        options: dict[str, Any] = {"dest": field.name, "help": declared.help}
-        allowed = declared.allowed()
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif allowed is not None:
-            options["choices"] = list(allowed)
+        if field.name in skip:
+            continue
+        options = _option(field, declared, hints[field.name])
+        if field.default is dataclasses.MISSING:
+            options["required"] = True
         else:
-            options["type"] = _converter(kind, declared.bounds)
-        if declared.metavar:
-            options["metavar"] = declared.metavar
-        options["default"] = getattr(defaults, field.name)
-        group.add_argument(flag_of(field, declared), *declared.aliases, **options)
+            options["default"] = getattr(defaults, field.name, field.default)
+        target = group
+        if declared.exclusive:
+            if declared.exclusive not in exclusive:
+                exclusive[declared.exclusive] = group.add_mutually_exclusive_group()
+            target = exclusive[declared.exclusive]
+        target.add_argument(flag_of(field, declared), *declared.aliases, **options)
+
+
+def _option(field: dataclasses.Field, declared: Setting, annotation: Any) -> dict[str, Any]:
+    """add_argument's keywords for one setting, but its default."""
+    kind = _base_type(annotation)
+    options: dict[str, Any] = {"dest": field.name, "help": declared.help}
+    allowed = declared.allowed()
+    if kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif allowed is not None:
+        options["choices"] = list(allowed)
+    elif declared.parse is not None:
+        options["type"] = _wrapped(declared.parse)
+    else:
+        options["type"] = _converter(kind, declared.bounds)
+    if declared.metavar:
+        options["metavar"] = declared.metavar
+    return options
 
 
 def config_from_args(config_class: type, args: argparse.Namespace, **values: Any) -> Any:
     """``config_class`` from the parsed options its settings generated (and ``values``)."""
-    given = {field.name: getattr(args, field.name) for field, _ in settings_of(config_class)}
+    given = {
+        field.name: getattr(args, field.name)
+        for field, _ in settings_of(config_class)
+        if hasattr(args, field.name)
+    }
     return config_class(**{**given, **values})
 
 
-def _base_type(annotation: Any) -> type:
-    """int, float, str or bool out of ``X`` or ``X | None``."""
+def _base_type(annotation: Any) -> Any:
+    """int, float, str, bool (or a container type) out of ``X`` or ``X | None``."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
     return annotation
+
+
+def _wrapped(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A setting's own parser, its ValueError turned into argparse's one-line error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
 
 
 def _converter(kind: type, bounds: Bounds | None) -> Callable[[str], Any]:
@@ -68,9 +104,16 @@ def _converter(kind: type, bounds: Bounds | None) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
         finite = kind is int or math.isfinite(value)
         if not finite or (bounds is not None and not bounds.holds(value)):
-            range_text = f" {bounds.describe()}" if bounds is not None else ""
-            raise argparse.ArgumentTypeError(f"expected {what}{range_text}, got '{text}'")
+            raise argparse.ArgumentTypeError(f"expected {_expected(what, bounds)}, got '{text}'")
         return value
 
     convert.__name__ = kind.__name__  # argparse names the type in some of its messages
     return convert
+
+
+def _expected(what: str, bounds: Bounds | None) -> str:
+    """ "a positive whole number", "a finite number in [0, 1)"."""
+    if bounds is None:
+        return what
+    words = bounds.describe()
+    return f"a positive {what[2:]}" if words == "positive" else f"{what} {words}"

@@ -64,6 +64,10 @@ class Setting:
     choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
     metavar: str | None = None
     fix: str | None = None  # the second half of the error, where the range alone is not enough
+    # Text -> value for the command line (raises ValueError saying what it expected);
+    # None: the field's type.
+    parse: Callable[[str], Any] | None = None
+    exclusive: str | None = None  # settings sharing this name cannot be given together
 
     def allowed(self) -> Sequence[str] | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -79,10 +83,24 @@ def setting(
     choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
     metavar: str | None = None,
     fix: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    exclusive: str | None = None,
 ) -> Any:
-    """A dataclass field that the command line, config files and checks all read."""
-    declared = Setting(help, flag, aliases, bounds, choices, metavar, fix)
+    """A dataclass field that the command line, config files and checks all read;
+    ``default=REQUIRED`` makes it a field (and an option) without a default."""
+    declared = Setting(help, flag, aliases, bounds, choices, metavar, fix, parse, exclusive)
     return dataclasses.field(default=default, metadata={"setting": declared})
+
+
+REQUIRED: Any = dataclasses.MISSING
+
+
+def comma_names(text: str) -> tuple[str, ...]:
+    """``"a, b"`` -> ``("a", "b")``: column and label lists on the command line."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names):
+        raise ValueError(f"expected comma-separated names, got '{text}'")
+    return names
 
 
 def settings_of(config: Any) -> Iterator[tuple[dataclasses.Field, Setting]]:

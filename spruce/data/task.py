@@ -7,6 +7,7 @@ from pathlib import Path
 
 import datasets
 
+from spruce.config import POSITIVE, REQUIRED, check_settings, comma_names, setting
 from spruce.data.columns import ColumnSpec, infer_label_names, resolve_columns, to_canonical
 from spruce.data.readers import read_table
 from spruce.data.sampling import stratified_sample
@@ -18,21 +19,61 @@ from spruce.errors import SpruceError
 class TaskDataConfig:
     """Where a task's data lives and how much of the labelled training data a run may use."""
 
-    train: str
-    validation: str | None = None
-    test: str | None = None
-    text_columns: tuple[str, ...] | None = None
-    label_column: str | None = None
-    label_names: tuple[str, ...] | None = None
-    max_train_samples: int | None = None
-    shots_per_class: int | None = None
-    max_eval_samples: int | None = None
-    max_test_samples: int | None = None
-    seed: int = 0
-    name: str | None = None
-    # A file of unlabelled in-domain text (one document per line, or a data file with the
-    # task's text columns), added to the unlabelled rest of ``train``.
-    unlabelled: str | None = None
+    train: str = setting(
+        REQUIRED,
+        "training data: .csv, .tsv, .jsonl, a save_to_disk directory, or a hub dataset "
+        "NAME[:CONFIG]",
+    )
+    validation: str | None = setting(None, "validation data (early stopping, model selection)")
+    test: str | None = setting(None, "test data, evaluated once with the best model")
+    text_columns: tuple[str, ...] | None = setting(
+        None,
+        "text column, or two for sentence pairs (default: detected)",
+        metavar="A[,B]",
+        parse=comma_names,
+    )
+    label_column: str | None = setting(None, "label column (default: detected)", metavar="NAME")
+    label_names: tuple[str, ...] | None = setting(
+        None, "label order (their ids); default: sorted", metavar="L1,L2,...", parse=comma_names
+    )
+    max_train_samples: int | None = setting(
+        None,
+        "use N labelled training examples, stratified, chosen by --seed",
+        bounds=POSITIVE,
+        metavar="N",
+        exclusive="sample",
+    )
+    shots_per_class: int | None = setting(
+        None,
+        "use K labelled training examples per class, chosen by --seed",
+        bounds=POSITIVE,
+        metavar="K",
+        exclusive="sample",
+    )
+    max_eval_samples: int | None = setting(
+        None,
+        "evaluate on a stratified subset of N validation examples",
+        bounds=POSITIVE,
+        metavar="N",
+    )
+    max_test_samples: int | None = setting(
+        None, "evaluate on a stratified subset of N test examples", bounds=POSITIVE, metavar="N"
+    )
+    seed: int = 0  # the run's --seed (TrainConfig), not an option of its own
+    name: str | None = setting(
+        None, "name used in reports (default: from the file path)", flag="--task-name"
+    )
+    # Added to the unlabelled rest of ``train``; an option of the commands that read it.
+    unlabelled: str | None = setting(
+        None,
+        "unlabelled in-domain text for distillation (and --aux mlm): .txt, one document per "
+        "line, or a data file with the task's text column(s); added to the rows of --train "
+        "that --max-train-samples leaves unlabelled",
+        metavar="FILE",
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass
