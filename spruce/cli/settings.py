@@ -36,6 +36,7 @@ def add_settings(
             options["required"] = True
         else:
             options["default"] = getattr(defaults, field.name, field.default)
+            options["help"] = _with_default(options["help"], options["default"])
         target = group
         if declared.exclusive:
             if declared.exclusive not in exclusive:
@@ -70,6 +71,14 @@ def config_from_args(config_class: type, args: argparse.Namespace, **values: Any
         if hasattr(args, field.name)
     }
     return config_class(**{**given, **values})
+
+
+def _with_default(help_text: str, default: Any) -> str:
+    """The help with its default, unless there is none to show or the help names it."""
+    if default is None or isinstance(default, bool) or "default" in help_text:
+        return help_text
+    shown = f"{default:g}" if isinstance(default, float) else default
+    return f"{help_text} (default: {shown})"
 
 
 def _base_type(annotation: Any) -> Any:

@@ -41,7 +41,7 @@ class TrainConfig:
     warmup_ratio: float = setting(
         0.1, "fraction of steps with linear learning-rate warm-up", bounds=FRACTION
     )
-    max_grad_norm: float = setting(1.0, "gradient clipping (0: off)", bounds=NON_NEGATIVE)
+    max_grad_norm: float = setting(1.0, "gradient clipping; 0: off", bounds=NON_NEGATIVE)
     eval_steps: int | None = setting(
         None, "also evaluate every N steps (default: at each epoch end)", bounds=AT_LEAST_ONE
     )
