@@ -1,8 +1,8 @@
 """Golden outputs: fixed-seed CPU runs on tiny models whose results a refactor must not move.
 
 Each run is one command line over the tiny models and toy data of ``tiny_models``; its
-digest is the SHA-256 of every ``*.safetensors`` file it wrote (the weights, bit for bit;
-the run's folder spelled ``<root>`` in a task file's metadata) and its report.json without
+digest is the SHA-256 of every ``*.safetensors`` file it wrote (the tensors bit for bit, the
+header as sorted JSON, the run's folder spelled ``<root>``) and its report.json without
 what differs between two identical runs (times, latencies, the platform, the run's
 folder). ``tests/golden/outputs.json`` holds the digests recorded before a redesign;
 ``tests/test_golden.py`` reruns every command and compares. To record them again (only
@@ -162,21 +162,28 @@ def stable(value: object, root: str) -> object:
 
 
 def digest(out: Path, root: Path) -> dict:
-    """Weights (SHA-256 per safetensors file) and stable reports of everything under out."""
-    files = sorted(out.rglob("*.safetensors"))
-    reports = sorted(out.rglob("report.json"))
+    """Weights (a hash per safetensors file) and stable reports of everything under out."""
     return {
         "weights": {
-            # A task file's metadata names its base model's folder, hence the root's spelling.
-            str(f.relative_to(out)): hashlib.sha256(
-                f.read_bytes().replace(str(root).encode(), ROOT.encode())
-            ).hexdigest()
-            for f in files
+            str(f.relative_to(out)): weights_hash(f, root)
+            for f in sorted(out.rglob("*.safetensors"))
         },
         "reports": {
-            str(f.relative_to(out)): stable(json.loads(f.read_text()), str(root)) for f in reports
+            str(f.relative_to(out)): stable(json.loads(f.read_text()), str(root))
+            for f in sorted(out.rglob("report.json"))
         },
     }
+
+
+def weights_hash(path: Path, root: Path) -> str:
+    """SHA-256 of a safetensors file's tensor bytes and of its header read as JSON with
+    sorted keys: the writer orders metadata keys differently from one process to the next
+    (a hash map), which changes the bytes but not the file's content."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    canonical = json.dumps(stable(header, str(root)), sort_keys=True).encode()
+    return hashlib.sha256(canonical + raw[8 + size :]).hexdigest()
 
 
 def run(name: str, root: Path) -> dict:
