@@ -13,6 +13,7 @@ from spruce.cli.settings import add_settings, config_from_args
 from spruce.config import AT_LEAST_ONE, FRACTION, POSITIVE, Bounds, check_settings, setting
 from spruce.errors import SpruceError
 from spruce.train import TrainConfig
+from spruce.train.distillation import DistillationConfig
 
 
 @dataclass
@@ -102,3 +103,14 @@ def test_train_options_round_trip_through_the_parser() -> None:
     config = config_from_args(TrainConfig, args)
     assert config == TrainConfig(learning_rate=3e-5, patience=2, metric="mcc")
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_distillation_settings_keep_their_flags() -> None:
+    with pytest.raises(SpruceError, match=r"--distill-alpha must be between 0 and 1, got 1\.5"):
+        DistillationConfig(alpha=1.5)
+    parser = argparse.ArgumentParser()
+    add_settings(parser, DistillationConfig)
+    args = parser.parse_args(["--distill-temperature", "4", "--distill-task-weight", "0"])
+    config = config_from_args(DistillationConfig, args)
+    assert config == DistillationConfig(temperature=4.0, task_weight=0.0)
+    assert DistillationConfig(teacher_layers=[]).teacher_layers is None

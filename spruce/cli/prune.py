@@ -9,6 +9,7 @@ from pathlib import Path
 
 from spruce.cli import options
 from spruce.cli.parsing import fraction, name_list, non_negative_int, positive_float, positive_int
+from spruce.cli.settings import add_settings, config_from_args
 from spruce.data.augment import AUGMENTS, SELECTS
 from spruce.errors import SpruceError
 from spruce.masks.control import CONTROLS, RAMPS
@@ -178,15 +179,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune a dense teacher first (--epochs), then prune it (what --recipe "
         "distill does when --model is not already fine-tuned for the task)",
     )
-    d = DistillationConfig()
-    distill.add_argument("--distill-temperature", type=positive_float, default=d.temperature)
-    distill.add_argument(
-        "--distill-alpha",
-        type=float,
-        default=d.alpha,
-        help="weight of the layer loss against the prediction loss",
-    )
-    distill.add_argument("--distill-task-weight", type=float, default=d.task_weight)
+    add_settings(distill, DistillationConfig)
     _add_transfer_options(parser)
     options.add_output_options(parser)
     options.add_checkpoint_options(parser)
@@ -332,11 +325,7 @@ def handle(args: argparse.Namespace) -> int:
         size_multiple=args.size_multiple,
         distill=args.distill,
         teacher=str(args.teacher) if args.teacher else None,
-        distillation=DistillationConfig(
-            temperature=args.distill_temperature,
-            alpha=args.distill_alpha,
-            task_weight=args.distill_task_weight,
-        ),
+        distillation=config_from_args(DistillationConfig, args),
         trim_vocab=args.trim_vocab,
         export_onnx=not args.no_onnx,
         measure_latency=not args.no_latency,

@@ -15,27 +15,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spruce.errors import SpruceError
+from spruce.config import NON_NEGATIVE, POSITIVE, Bounds, check_settings, setting
 
 
 @dataclass
 class DistillationConfig:
     """Weights of the distillation terms; ``alpha`` splits layer vs prediction loss."""
 
-    temperature: float = 2.0
-    alpha: float = 0.5
-    task_weight: float = 1.0
-    teacher_layers: tuple[int, ...] | None = None
+    temperature: float = setting(
+        2.0,
+        "softmax temperature of the prediction loss",
+        flag="--distill-temperature",
+        bounds=POSITIVE,
+    )
+    alpha: float = setting(
+        0.5,
+        "weight of the layer loss against the prediction loss",
+        flag="--distill-alpha",
+        bounds=Bounds(low=0, high=1),
+    )
+    task_weight: float = setting(
+        1.0,
+        "weight of the labelled cross-entropy beside the distillation losses",
+        flag="--distill-task-weight",
+        bounds=NON_NEGATIVE,
+    )
+    teacher_layers: tuple[int, ...] | None = None  # None: spread evenly (not an option)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> DistillationConfig:
         # An empty list means "the default layers" (to_dict writes it as None) either way.
         self.teacher_layers = tuple(self.teacher_layers) if self.teacher_layers else None
-        if not self.temperature > 0:
-            raise SpruceError(f"--distill-temperature must be positive, got {self.temperature}")
-        if not 0 <= self.alpha <= 1:
-            raise SpruceError(f"--distill-alpha must be in [0, 1], got {self.alpha}")
-        if self.task_weight < 0:
-            raise SpruceError(f"--distill-task-weight must be >= 0, got {self.task_weight}")
+        check_settings(self)
         return self
 
     def to_dict(self) -> dict:
