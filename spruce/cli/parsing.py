@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from spruce.config import comma_names
 
@@ -18,48 +19,56 @@ class Parser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
-    value = _number(text, int, "a whole number")
+    value = number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got '{text}'")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    value = _number(text, int, "a whole number")
+    value = number(text, int, "a whole number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, got '{text}'")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = _number(text, float, "a number")
+    value = number(text, float, "a number")
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got '{text}'")
     return value
 
 
 def fraction(text: str) -> float:
-    value = _number(text, float, "a number")
+    value = number(text, float, "a number")
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got '{text}'")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = _number(text, float, "a number")
+    value = number(text, float, "a number")
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got '{text}'")
     return value
 
 
-def name_list(text: str) -> tuple[str, ...]:
-    try:
-        return comma_names(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse type: its ValueError becomes argparse's one-line error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
 
 
-def _number(text: str, kind: type, what: str):
+name_list = argument_type(comma_names)
+
+
+def number(text: str, kind: type, what: str):
     try:
         return kind(text)
     except ValueError:

@@ -15,6 +15,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from spruce.cli.parsing import argument_type, number
 from spruce.config import Bounds, Setting, flag_of, settings_of
 
 
@@ -55,7 +56,7 @@ def _option(field: dataclasses.Field, declared: Setting, annotation: Any) -> dic
     elif allowed is not None:
         options["choices"] = list(allowed)
     elif declared.parse is not None:
-        options["type"] = _wrapped(declared.parse)
+        options["type"] = argument_type(declared.parse)
     else:
         options["type"] = _converter(kind, declared.bounds)
     if declared.metavar:
@@ -88,18 +89,6 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
-def _wrapped(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A setting's own parser, its ValueError turned into argparse's one-line error."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return convert
-
-
 def _converter(kind: type, bounds: Bounds | None) -> Callable[[str], Any]:
     """Parse one value of ``kind``, rejecting what lies outside ``bounds`` in argparse's way."""
     what = {int: "a whole number", float: "a finite number"}.get(kind)
@@ -107,10 +96,7 @@ def _converter(kind: type, bounds: Bounds | None) -> Callable[[str], Any]:
         return kind
 
     def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+        value = number(text, kind, what)
         finite = kind is int or math.isfinite(value)
         if not finite or (bounds is not None and not bounds.holds(value)):
             raise argparse.ArgumentTypeError(f"expected {_expected(what, bounds)}, got '{text}'")
