@@ -4,7 +4,8 @@ Each run is one command line over the tiny models and toy data of ``tiny_models`
 digest is the SHA-256 of every ``*.safetensors`` file it wrote (the tensors bit for bit, the
 header as sorted JSON, the run's folder spelled ``<root>``) and its report.json without
 what differs between two identical runs (times, latencies, the platform, the run's
-folder). ``tests/golden/outputs.json`` holds the digests recorded before a redesign;
+folder). ``tests/golden/outputs.json`` holds the digests recorded before a redesign, one
+recording per machine kind;
 ``tests/test_golden.py`` reruns every command and compares. To record them again (only
 when a change is meant to move results, saying so in the commit):
 
@@ -198,16 +199,29 @@ def run(name: str, root: Path) -> dict:
 
 
 def record() -> None:
+    """Rerun every command and store its digest as this machine kind's recording, keeping
+    the recordings of other kinds (CI and development machines differ)."""
     with tempfile.TemporaryDirectory() as tmp:
         # One fixed folder name, so that the paths in the reports do not depend on tmp.
         root = Path(tmp) / "golden"
         root.mkdir()
         make_inputs(root)
-        outputs = {"machine": machine(), "runs": {name: run(name, root) for name in RUNS}}
+        runs = {name: run(name, root) for name in RUNS}
         shutil.rmtree(root)
+    here = machine()
+    others = [r for r in recordings() if r["machine"] != here]
     GOLDEN.parent.mkdir(exist_ok=True)
+    outputs = {"recordings": [*others, {"machine": here, "runs": runs}]}
     GOLDEN.write_text(json.dumps(outputs, indent=1, sort_keys=True) + "\n")
-    print(f"recorded {len(RUNS)} runs in {GOLDEN}")
+    print(f"recorded {len(RUNS)} runs for {here} in {GOLDEN}")
+
+
+def recordings() -> list[dict]:
+    """Every stored recording: a machine kind and the digests of every run on it."""
+    if not GOLDEN.exists():
+        return []
+    stored = json.loads(GOLDEN.read_text())
+    return stored.get("recordings", [stored] if "runs" in stored else [])
 
 
 if __name__ == "__main__":
