@@ -9,9 +9,14 @@ from golden import RUNS, machine, make_inputs, recordings, run
 
 
 def differences(expected: object, actual: object, path: str = "") -> list[str]:
-    """The key paths where two JSON values differ, for a message one can act on."""
+    """The key paths where two JSON values differ, for a message one can act on. A
+    setting a report's ``config`` block gained since the recording is no difference: the
+    block echoes the run's input (it gained ``model`` so that it reruns the run), and every
+    result beside it is still compared."""
     if isinstance(expected, dict) and isinstance(actual, dict):
-        found = [f"{path}/{k}: only one side" for k in expected.keys() ^ actual.keys()]
+        found = [f"{path}/{k}: only in the recording" for k in expected.keys() - actual.keys()]
+        if "/config" not in path:
+            found += [f"{path}/{k}: not in the recording" for k in actual.keys() - expected.keys()]
         for key in expected.keys() & actual.keys():
             found += differences(expected[key], actual[key], f"{path}/{key}")
         return found
@@ -48,6 +53,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_differences_names_the_changed_value() -> None:
     assert differences({"a": [1, {"b": 2}]}, {"a": [1, {"b": 3}]}) == ["/a[1]/b: 2 != 3"]
     assert differences({"a": 1}, {"a": 1}) == []
+    assert differences({"config": {}}, {"config": {"model": "m"}}) == []
+    assert differences({"config": {"a": 1}}, {"config": {}}) == ["/config/a: only in the recording"]
+    assert differences({}, {"b": 1}) == ["/b: not in the recording"]
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))

@@ -492,7 +492,7 @@ def test_cli_unknown_option_is_one_line(capsys, tmp_path: Path) -> None:
 def test_cli_bad_value_is_caught_before_running(capsys, tmp_path: Path) -> None:
     path = grid_file(tmp_path, "  target-sparsity: [0.5, 1.5]\n")
     code, _, err = run_cli(capsys, ["grid", path])
-    assert code == 2 and "run 1.5-s0" in err and "[0, 1)" in err
+    assert code == 2 and "run 1.5-s0" in err and "(0, 1)" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ def build_parser() -> Parser:
     )
     for command in (finetune, prune, adapt, bank, evaluate, demo, data, grid):
         command.register(subparsers)
+    parser.commands = subparsers.choices
     return parser
 
 
@@ -50,7 +52,8 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; user errors become one line on stderr and exit code 2, a stop
     signal one line and 128 + its number (130 for SIGINT, 143 for SIGTERM)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # SIGTERM stops like Ctrl-C (outputs are cleaned up, a checkpoint is kept); inside a
     # checkpointed training phase the trainer takes it over and saves first.
     installed = can_handle_signals()
@@ -61,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints the summary
     try:
         _quiet_libraries()
+        if getattr(args, "config", None) is not None:
+            args = _with_config_file(parser, argv, args)
         return args.handler(args)
     except SpruceError as error:
         print(f"spruce: error: {error.one_line()}", file=sys.stderr)
@@ -75,6 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sys.stdout is not stdout:
             sys.stdout.close()
             sys.stdout = stdout
+
+
+def _with_config_file(parser: Parser, argv: Sequence[str] | None, args) -> argparse.Namespace:
+    """Parse again with the --config file's settings as the command's defaults, so that
+    the options given beside it override them."""
+    parser.commands[args.command].set_defaults(**args.config_defaults(args.config))
+    return parser.parse_args(argv)
 
 
 def _interrupted(error: KeyboardInterrupt, args) -> str:

@@ -3,17 +3,53 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from spruce.cli.parsing import (
     non_negative_int,
     positive_int,
 )
-from spruce.cli.settings import add_settings, config_from_args
+from spruce.cli.settings import add_settings, config_from_args, defaults_from_config
+from spruce.config import from_config, read_config
 from spruce.data import TaskDataConfig
 from spruce.models import DEFAULT_MODEL
 from spruce.train import TrainConfig
 from spruce.train.checkpoint import DEFAULT_EVERY_STEPS
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser,
+    run_class: type,
+    command: str,
+    *,
+    defaults: Any = None,
+    skip: tuple[str, ...] = (),
+) -> dict[str, argparse._ArgumentGroup]:
+    """A training command's options, generated from its run settings (``run_class``),
+    and ``--config FILE``, whose settings the options given beside it override. Returns
+    the option groups by title."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"settings from a JSON file: a spruce {command} report.json (its config block "
+        "reruns that run) or such a block alone; options given beside it win",
+    )
+    groups = add_settings(parser, run_class, defaults, skip, required=("out",))
+    parser.set_defaults(config_defaults=partial(_file_defaults, run_class, command))
+    return groups
+
+
+def _file_defaults(run_class: type, command: str, path: Path) -> dict[str, Any]:
+    """The option defaults a --config file sets: its settings, checked by the configs."""
+    return defaults_from_config(from_config(run_class, read_config(path, command)))
+
+
+def run_from_args(run_class: type, args: argparse.Namespace) -> Any:
+    """The run settings the options (and a --config file) describe."""
+    return config_from_args(run_class, args)
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, unlabelled: bool = False) -> None:

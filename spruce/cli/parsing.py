@@ -11,7 +11,10 @@ from spruce.config import comma_names
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse prints a usage block before its error; spruce prints one line only."""
+    """argparse prints a usage block before its error; spruce prints one line only.
+    ``commands``: the subcommands' parsers by name (spruce's top-level parser)."""
+
+    commands: dict[str, argparse.ArgumentParser]
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"spruce: error: {message}; run '{self.prog} --help' for the options\n")

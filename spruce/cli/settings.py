@@ -16,62 +16,137 @@ from collections.abc import Callable
 from typing import Any
 
 from spruce.cli.parsing import argument_type, number
-from spruce.config import Bounds, Setting, flag_of, settings_of
+from spruce.config import Bounds, Setting, flag_of
+from spruce.errors import SpruceError
 
 
 def add_settings(
-    group: argparse._ArgumentGroup | argparse.ArgumentParser,
+    parser: argparse.ArgumentParser,
     config_class: type,
     defaults: Any = None,
     skip: tuple[str, ...] = (),
-) -> None:
-    """One option per setting of ``config_class`` but those named in ``skip``; defaults
-    from ``defaults`` (an instance, for a command whose defaults differ) or the class's."""
-    hints = typing.get_type_hints(config_class)
-    exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
-    for field, declared in settings_of(config_class):
-        if field.name in skip:
-            continue
-        options = _option(field, declared, hints[field.name])
-        if field.default is dataclasses.MISSING:
+    *,
+    group: argparse._ArgumentGroup | None = None,
+    prefix: str = "",
+    required: tuple[str, ...] = (),
+) -> dict[str, argparse._ArgumentGroup]:
+    """One option per setting of ``config_class``, and of the configs nested in it (each
+    under its section's title), but those whose dotted path (``prune.method``) or name is
+    in ``skip``. Defaults come from ``defaults`` (an instance, for a command whose defaults
+    differ) or the class. An option's ``dest`` is its path with ``prefix``, so that settings
+    of the same name in two sections stay apart; ``required`` paths must be given even where
+    the field has a default (``--out`` on the command line, not in Python). Returns the
+    help sections made, by title, for options a command adds by hand."""
+    builder = _Builder(parser, skip, required)
+    builder.add(config_class, defaults, prefix, group or parser)
+    return builder.groups
+
+
+class _Builder:
+    """Adds the options of a config tree to one parser, sharing its help sections and
+    mutually exclusive groups."""
+
+    def __init__(self, parser: argparse.ArgumentParser, skip, required) -> None:
+        self.parser = parser
+        self.skip = set(skip)
+        self.required = set(required)
+        self.groups: dict[str, argparse._ArgumentGroup] = {}
+        self.exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
+
+    def group(self, title: str) -> argparse._ArgumentGroup:
+        if title not in self.groups:
+            self.groups[title] = self.parser.add_argument_group(title)
+        return self.groups[title]
+
+    def add(self, config_class: type, defaults: Any, prefix: str, target) -> None:
+        hints = typing.get_type_hints(config_class)
+        for field in dataclasses.fields(config_class):
+            path = prefix + field.name
+            if path in self.skip or field.name in self.skip:
+                continue
+            title = field.metadata.get("section")
+            if title is not None:
+                nested = getattr(defaults, field.name, None)
+                self.add(hints[field.name], nested, path + ".", self.group(title))
+            elif "setting" in field.metadata:
+                declared = field.metadata["setting"]
+                where = self.group(declared.group) if declared.group else target
+                self.add_option(field, declared, hints[field.name], defaults, path, where)
+
+    def add_option(self, field, declared: Setting, annotation, defaults, path, target) -> None:
+        options = _option(field, declared, annotation)
+        options["dest"] = path
+        default = getattr(defaults, field.name, field.default)
+        if path in self.required:
             options["required"] = True
+        elif default is dataclasses.MISSING:
+            # Not argparse's required: a --config file may give it. config_from_args names
+            # it in one line when neither does.
+            options["default"] = None
+            options["help"] += " (required)"
         else:
-            options["default"] = getattr(defaults, field.name, field.default)
-            options["help"] = _with_default(options["help"], options["default"])
-        target = group
+            options["default"] = default
+            if not declared.inverse:
+                options["help"] = _with_default(options["help"], default)
         if declared.exclusive:
-            if declared.exclusive not in exclusive:
-                exclusive[declared.exclusive] = group.add_mutually_exclusive_group()
-            target = exclusive[declared.exclusive]
+            if declared.exclusive not in self.exclusive:
+                self.exclusive[declared.exclusive] = target.add_mutually_exclusive_group()
+            target = self.exclusive[declared.exclusive]
         target.add_argument(flag_of(field, declared), *declared.aliases, **options)
 
 
 def _option(field: dataclasses.Field, declared: Setting, annotation: Any) -> dict[str, Any]:
-    """add_argument's keywords for one setting, but its default."""
+    """add_argument's keywords for one setting, but its dest and default."""
     kind = _base_type(annotation)
-    options: dict[str, Any] = {"dest": field.name, "help": declared.help}
+    options: dict[str, Any] = {"help": declared.help}
     allowed = declared.allowed()
     if kind is bool:
-        options["action"] = argparse.BooleanOptionalAction
+        options["action"] = "store_false" if declared.inverse else argparse.BooleanOptionalAction
     elif allowed is not None:
         options["choices"] = list(allowed)
     elif declared.parse is not None:
         options["type"] = argument_type(declared.parse)
     else:
         options["type"] = _converter(kind, declared.bounds)
-    if declared.metavar:
-        options["metavar"] = declared.metavar
+    if kind is not bool and allowed is None:
+        options["metavar"] = declared.metavar or field.name.upper()
     return options
 
 
-def config_from_args(config_class: type, args: argparse.Namespace, **values: Any) -> Any:
-    """``config_class`` from the parsed options its settings generated (and ``values``)."""
-    given = {
-        field.name: getattr(args, field.name)
-        for field, _ in settings_of(config_class)
-        if hasattr(args, field.name)
-    }
+def config_from_args(
+    config_class: type, args: argparse.Namespace, prefix: str = "", **values: Any
+) -> Any:
+    """``config_class`` from the parsed options its settings generated (and ``values``),
+    nested configs included; a required setting left out is a one-line error."""
+    hints = typing.get_type_hints(config_class)
+    given: dict[str, Any] = {}
+    for field in dataclasses.fields(config_class):
+        path = prefix + field.name
+        if "section" in field.metadata:
+            given[field.name] = config_from_args(hints[field.name], args, path + ".")
+        elif hasattr(args, path):  # a setting, or a value a --config file gave
+            value = getattr(args, path)
+            if value is None and field.default is dataclasses.MISSING:
+                flag = flag_of(field, field.metadata["setting"])
+                raise SpruceError(f"{flag} is required", "give it, or --config FILE")
+            given[field.name] = value
     return config_class(**{**given, **values})
+
+
+def defaults_from_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Every value of the config tree ``config`` by option ``dest`` (its path), runtime
+    settings apart: what a config file sets as the defaults of the options, so that options
+    given beside it win. Values without an option (a run's auxiliary tasks) ride along
+    under their path, for :func:`config_from_args`."""
+    found: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        path = prefix + field.name
+        declared = field.metadata.get("setting")
+        if "section" in field.metadata:
+            found.update(defaults_from_config(getattr(config, field.name), path + "."))
+        elif declared is None or not declared.runtime:
+            found[path] = getattr(config, field.name)
+    return found
 
 
 def _with_default(help_text: str, default: Any) -> str:

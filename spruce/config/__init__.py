@@ -1,5 +1,6 @@
 """Settings declared once, as config fields with their flag, help and range."""
 
+from spruce.config.files import from_config, read_config, to_config
 from spruce.config.settings import (
     AT_LEAST_ONE,
     FRACTION,
@@ -11,6 +12,8 @@ from spruce.config.settings import (
     check_settings,
     comma_names,
     flag_of,
+    section,
+    sections_of,
     setting,
     settings_of,
 )
@@ -26,6 +29,11 @@ __all__ = [
     "check_settings",
     "comma_names",
     "flag_of",
+    "from_config",
+    "read_config",
+    "section",
+    "sections_of",
     "setting",
     "settings_of",
+    "to_config",
 ]

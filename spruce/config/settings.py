@@ -68,6 +68,11 @@ class Setting:
     # None: the field's type.
     parse: Callable[[str], Any] | None = None
     exclusive: str | None = None  # settings sharing this name cannot be given together
+    group: str | None = None  # the help section listing the option (default: its config's)
+    inverse: bool = False  # a true/false setting whose flag turns it off (--quiet: progress)
+    # Where and how a run executes (output folder, threads, device), not what it computes:
+    # left out of the report's ``config`` block, which reruns the run.
+    runtime: bool = False
 
     def allowed(self) -> Sequence[str] | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -85,11 +90,26 @@ def setting(
     fix: str | None = None,
     parse: Callable[[str], Any] | None = None,
     exclusive: str | None = None,
+    group: str | None = None,
+    inverse: bool = False,
+    runtime: bool = False,
 ) -> Any:
     """A dataclass field that the command line, config files and checks all read;
     ``default=REQUIRED`` makes it a field (and an option) without a default."""
-    declared = Setting(help, flag, aliases, bounds, choices, metavar, fix, parse, exclusive)
+    declared = Setting(
+        help, flag, aliases, bounds, choices, metavar, fix, parse, exclusive, group, inverse,
+        runtime,
+    )  # fmt: skip
     return dataclasses.field(default=default, metadata={"setting": declared})
+
+
+def section(config_class: type, title: str, *, required: bool = False) -> Any:
+    """A field holding a nested config (``PruneRun.train``); its settings are listed under
+    ``title`` on the command line and sit under the field's name in config files."""
+    metadata = {"section": title}
+    if required:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default_factory=config_class, metadata=metadata)
 
 
 REQUIRED: Any = dataclasses.MISSING
@@ -109,6 +129,14 @@ def settings_of(config: Any) -> Iterator[tuple[dataclasses.Field, Setting]]:
         declared = field.metadata.get("setting")
         if declared is not None:
             yield field, declared
+
+
+def sections_of(config: Any) -> Iterator[tuple[dataclasses.Field, str]]:
+    """The fields of a config class (or instance) holding nested configs, with their titles."""
+    for field in dataclasses.fields(config):
+        title = field.metadata.get("section")
+        if title is not None:
+            yield field, title
 
 
 def flag_of(field: dataclasses.Field, declared: Setting) -> str:

@@ -26,7 +26,6 @@ from spruce.transfer.config import (
     COUPLINGS,
     SCHEDULES,
     TRANSFERS,
-    TransferConfig,
     canonical_prune_options,
 )
 from spruce.utils.atomic import write_text_atomic
@@ -63,14 +62,13 @@ class RunResult:
         else:
             options = self.run.options
             section = {k: options.get(o) for k, o in _CHOICE_OPTIONS.items() if o in options}
-        defaults = TransferConfig()
-        return (
-            str(section.get("coupling") or defaults.coupling),
-            str(section.get("transfer") or defaults.transfer),
-            str(section.get("schedule") or defaults.schedule),
+        return tuple(  # type: ignore[return-value]
+            str(section.get(key) or shown) for key, shown in _SHOWN_WHEN_UNSET.items()
         )
 
 
+# What the summary shows for a choice the run's coupling does not use (None in its report).
+_SHOWN_WHEN_UNSET = {"coupling": "none", "transfer": "both", "schedule": "constant"}
 _CHOICE_OPTIONS = {"coupling": "coupling", "transfer": "transfer", "schedule": "aux-schedule"}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,6 +13,14 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import spruce
+from spruce.config import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    check_settings,
+    section,
+    setting,
+    to_config,
+)
 from spruce.data import TaskData, TaskDataConfig, load_task, make_loader, tokenize_split
 from spruce.errors import SpruceError
 from spruce.masks.accounting import (
@@ -21,7 +29,7 @@ from spruce.masks.accounting import (
     structure_from_masks,
 )
 from spruce.masks.units import UnitMasks
-from spruce.models import TASK_METADATA_KEY, encoder_shape
+from spruce.models import DEFAULT_MODEL, TASK_METADATA_KEY, encoder_shape
 from spruce.pipelines.runtime import resolve_device
 from spruce.report import count_parameters
 from spruce.report.flops import flops_summary
@@ -36,20 +44,57 @@ class RunSettings:
     """What every training command takes: data, optimisation, model, output, runtime.
 
     With ``out``, the run checkpoints into ``<out>.checkpoint`` every ``checkpoint_steps``
-    steps (0: no checkpoints) and ``resume`` continues from there.
+    steps (0: no checkpoints) and ``resume`` continues from there. The data's sampling
+    seed is the training seed.
     """
 
-    data: TaskDataConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: str | None = None
-    max_length: int = 128
-    out: Path | None = None
-    overwrite: bool = False
-    device: str = "auto"
-    progress: bool = True
-    threads: int | None = None
-    resume: bool = False
-    checkpoint_steps: int = DEFAULT_EVERY_STEPS
+    data: TaskDataConfig = section(TaskDataConfig, "data", required=True)
+    train: TrainConfig = section(TrainConfig, "training")
+    model: str = setting(
+        DEFAULT_MODEL,
+        f"pre-trained encoder: local directory or hub name (default: {DEFAULT_MODEL}, the "
+        "embedded all-MiniLM-L6-v2)",
+    )
+    max_length: int = setting(
+        128, "tokens per example after truncation", bounds=AT_LEAST_ONE, group="data"
+    )
+    out: Path | None = setting(
+        None, "output directory (written completely or not at all)", metavar="DIR", runtime=True
+    )
+    overwrite: bool = setting(False, "replace an existing --out", runtime=True)
+    device: str = setting("auto", "auto, cpu or cuda[:N]", group="runtime", runtime=True)
+    progress: bool = setting(
+        True, "no progress bar", flag="--quiet", inverse=True, group="runtime", runtime=True
+    )
+    threads: int | None = setting(
+        None, "CPU threads for PyTorch", bounds=AT_LEAST_ONE, group="runtime", runtime=True
+    )
+    resume: bool = setting(
+        False,
+        "continue the unfinished run whose checkpoint lies beside --out (same options); the "
+        "run checkpoints into DIR.checkpoint beside --out (deleted once --out is complete), "
+        "and SIGINT/SIGTERM save a checkpoint at the next step and stop",
+        group="checkpoints",
+        runtime=True,
+    )
+    checkpoint_steps: int = setting(
+        DEFAULT_EVERY_STEPS,
+        "save a checkpoint every N training steps and at the end of each phase (0: no checkpoints)",
+        bounds=NON_NEGATIVE,
+        metavar="N",
+        group="checkpoints",
+        runtime=True,
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.data.seed != self.train.seed:
+            self.data = replace(self.data, seed=self.train.seed)
+
+    def to_config(self) -> dict[str, Any]:
+        """The report's ``config`` block: every setting but where and how the run executes,
+        so that ``--config report.json`` reruns it."""
+        return to_config(self)
 
 
 class CheckpointSettings(Protocol):

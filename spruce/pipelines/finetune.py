@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,12 @@ class FinetuneRun(RunSettings):
     """One ``spruce finetune``: the shared run settings, nothing more."""
 
 
-def _configuration(run: FinetuneRun) -> dict[str, Any]:
-    """The report's ``config`` section, which the checkpoint's fingerprint covers too."""
-    return {"train": run.train.to_dict(), "data": asdict(run.data), "max_length": run.max_length}
-
-
 def run_finetune(run: FinetuneRun) -> dict[str, Any]:
     """Fine-tune, evaluate and (with ``out``) write ``model/``, ``report.json`` and the curve."""
     start = time.perf_counter()
-    configuration = _configuration(run)
-    defaults = _configuration(at_defaults(run))
+    # The report's config block, which the checkpoint's fingerprint covers too.
+    configuration = run.to_config()
+    defaults = at_defaults(run).to_config()
     device, task, checkpoint = begin_run(run, "finetune", configuration, defaults)
     model, tokenizer, source = load_classifier(run.model, task.label_names)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 
 from spruce.compact import compact_model
 from spruce.compact.vocab import trim_vocabulary
+from spruce.config import section
 from spruce.data import TaskData
 from spruce.errors import SpruceError
 from spruce.models import encoder_shape, load_classifier, load_saved_classifier
@@ -76,19 +77,8 @@ from spruce.utils.fields import at_defaults
 class PruneRun(RunSettings):
     """One ``spruce prune``: the shared run settings plus what and how to prune."""
 
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-
-
-def _configuration(run: PruneRun) -> dict[str, Any]:
-    """The report's ``config`` section, which the checkpoint's fingerprint covers too."""
-    return {
-        "prune": run.prune.to_dict(),
-        "transfer": run.transfer.to_dict(),
-        "train": run.train.to_dict(),
-        "data": asdict(run.data),
-        "max_length": run.max_length,
-    }
+    prune: PruneConfig = section(PruneConfig, "pruning")
+    transfer: TransferConfig = section(TransferConfig, "transfer from auxiliary tasks")
 
 
 def run_prune(run: PruneRun) -> dict[str, Any]:
@@ -96,8 +86,9 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     run.prune.validate()
     run.transfer.validate()
     check_compatible(run.transfer, plan_teacher(run.prune))
-    configuration = _configuration(run)
-    defaults = _configuration(at_defaults(run))
+    # The report's config block, which the checkpoint's fingerprint covers too.
+    configuration = run.to_config()
+    defaults = at_defaults(run).to_config()
     device, task, checkpoint = begin_run(run, "prune", configuration, defaults)
     prune, transfer, recipe = resolve_recipe(run.prune, run.transfer, run.model, task)
     run = replace(run, prune=prune, transfer=transfer)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from spruce.config import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    Bounds,
+    check_settings,
+    comma_names,
+    section,
+    setting,
+)
 from spruce.errors import SpruceError
 from spruce.masks.control import CONTROLS, RAMPS
 from spruce.masks.units import UNIT_TYPES
@@ -39,61 +49,158 @@ RECIPE_GROUP_BY_LENGTH = {"distill": True, "plain": False}
 SCORED_UNITS = ("head", "ffn_neuron")  # what the score-based baselines remove
 
 
+def _per_recipe(values: dict[str, Any]) -> str:
+    """``5 with --recipe distill, 10 with --recipe plain``: a default that depends on
+    the recipe, for help texts (``5`` where every recipe has the same)."""
+    if len(set(values.values())) == 1:
+        return f"{next(iter(values.values())):g}"
+    return ", ".join(f"{v:g} with --recipe {r}" for r, v in values.items())
+
+
+SPARSITY = Bounds(low=0, high=1, low_open=True, high_open=True)  # (0, 1)
+
+
 @dataclass
 class PruneConfig:
     """What to prune, how hard, and the length of each phase.
 
     Phases: (teacher fine-tune) -> pruning (masks and weights learn together for ``l0``;
     score-prune-fine-tune rounds for ``magnitude``/``taylor``) -> compaction -> final
-    fine-tune of the compact model.
+    fine-tune of the compact model. ``None`` settings take the recipe's value in
+    :meth:`validate`.
     """
 
     # distill: a dense teacher, distilled on the labelled batches and the unlabelled text
     # (spruce.pipelines.recipe); plain: the labelled data alone, with what options ask for.
-    recipe: str = "distill"
-    method: str = "l0"
-    target_sparsity: float = 0.5
-    units: tuple[str, ...] | None = None  # None: every unit type the method can prune
-    prune_epochs: float | None = None  # None: the recipe's (RECIPE_PRUNE_EPOCHS)
-    final_epochs: float | None = None  # None: the recipe's (RECIPE_FINAL_EPOCHS)
-    # Evaluations without gain before the final fine-tune stops (0: never); None: the
-    # recipe's (RECIPE_FINAL_PATIENCE), else --patience.
-    final_patience: int | None = None
-    group_by_length: bool | None = None  # None: the recipe's (RECIPE_GROUP_BY_LENGTH)
-    prune_max_steps: int | None = None
-    final_max_steps: int | None = None
-    sparsity_warmup: float = 0.5
+    recipe: str = setting(
+        "distill",
+        "distill: a dense teacher (--teacher, else --model when it is already fine-tuned "
+        "for this task, else one fine-tuned first) distilled on the labelled batches and on "
+        "the unlabelled text (rest of --train, --unlabelled); plain: the labelled data "
+        "alone, with only what other options ask for",
+        choices=RECIPES,
+    )
+    method: str = setting(
+        "l0",
+        "l0: learned hard-concrete masks (CoFi); pdp: parameter-free soft masks from weight "
+        "magnitudes against a threshold set by the target; magnitude / taylor: score-based "
+        "structured pruning baselines",
+        choices=METHODS,
+    )
+    target_sparsity: float = setting(
+        0.5,
+        "fraction of the encoder's attention and FFN weights to remove",
+        bounds=SPARSITY,
+        fix="e.g. 0.9 removes 90% of the encoder's attention and FFN weights",
+    )
+    units: tuple[str, ...] | None = setting(
+        None,
+        f"unit types to prune (default: {','.join(UNIT_TYPES)} with --method l0, else "
+        f"{','.join(SCORED_UNITS)})",
+        parse=comma_names,
+        metavar="UNITS",
+    )
+    prune_epochs: float | None = setting(
+        None,
+        f"length of the pruning phase (default: {_per_recipe(RECIPE_PRUNE_EPOCHS)})",
+        bounds=POSITIVE,
+    )
+    final_epochs: float | None = setting(
+        None,
+        f"fine-tuning of the compact model (default: {_per_recipe(RECIPE_FINAL_EPOCHS)})",
+        bounds=POSITIVE,
+    )
+    final_patience: int | None = setting(
+        None,
+        "evaluations without gain before the final fine-tune stops, 0 never (default: 0 "
+        "with --recipe distill, which keeps the best validation step; --patience with "
+        "--recipe plain)",
+        bounds=NON_NEGATIVE,
+        fix="0 trains every final epoch and keeps the best validation step",
+    )
+    group_by_length: bool | None = setting(
+        None,
+        "draw the labelled batches of the pruning and final phases by length, as "
+        "transformers' group_by_length does: less padding, faster steps (default: on with "
+        "--recipe distill, off with --recipe plain; a teacher's fine-tune draws as spruce "
+        "finetune does)",
+    )
+    prune_max_steps: int | None = setting(
+        None, "stop the pruning phase after this many steps", bounds=AT_LEAST_ONE
+    )
+    final_max_steps: int | None = setting(
+        None, "stop the final fine-tune after this many steps", bounds=AT_LEAST_ONE
+    )
+    sparsity_warmup: float = setting(
+        0.5,
+        "fraction of the pruning steps over which the target ramps up",
+        bounds=Bounds(low=0, high=1),
+    )
     # exact: the expected size is held on the ramp by construction; lagrangian: CoFi's
     # multipliers (spruce.masks.control says why they lag in short runs).
-    sparsity_control: str = "exact"
-    sparsity_ramp: str = "linear"
-    lr_gates: float = 0.1
-    lr_lambda: float = 0.1
-    prune_rounds: int = 1
+    sparsity_control: str = setting(
+        "exact",
+        "exact holds the expected sparsity on the ramp by construction (a shift of every "
+        "gate); lagrangian: CoFi's learned multipliers (--lr-lambda)",
+        choices=CONTROLS,
+    )
+    sparsity_ramp: str = setting(
+        "linear",
+        "shape of the target's ramp: linear, or cubic (fast first, gentle near the end)",
+        choices=RAMPS,
+    )
+    lr_gates: float = setting(0.1, "learning rate of the gates", bounds=POSITIVE)
+    lr_lambda: float = setting(
+        0.1, "--sparsity-control lagrangian: learning rate of the multipliers", bounds=POSITIVE
+    )
+    prune_rounds: int = setting(
+        1, "magnitude/taylor: score-prune-fine-tune rounds (1 = one-shot)", bounds=AT_LEAST_ONE
+    )
     # FFN widths and the hidden size of the result are multiples of this: GEMMs with such
     # widths ran up to 1.5x faster on a 2-core CPU (docs/results.md, "latency").
-    size_multiple: int = 8
-    distill: bool = False
-    teacher: str | None = None
-    distillation: DistillationConfig = field(default_factory=DistillationConfig)
-    trim_vocab: bool = False
-    export_onnx: bool = True
-    measure_latency: bool = True
-    latency_repeats: int = 10
+    size_multiple: int = setting(
+        8,
+        "round kept FFN widths and the hidden size to multiples of this (faster matrix "
+        "products; 1 = no rounding)",
+        bounds=AT_LEAST_ONE,
+    )
+    distill: bool = setting(
+        False,
+        "fine-tune a dense teacher first (--epochs), then prune it (what --recipe distill "
+        "does when --model is not already fine-tuned for the task)",
+        exclusive="teacher",
+        group="distillation",
+    )
+    teacher: str | None = setting(
+        None,
+        "a spruce finetune output: the teacher, and the model pruned",
+        metavar="DIR",
+        exclusive="teacher",
+        group="distillation",
+    )
+    distillation: DistillationConfig = section(DistillationConfig, "distillation")
+    trim_vocab: bool = setting(False, "keep only the vocabulary the task's text uses")
+    export_onnx: bool = setting(True, "export the pruned model to ONNX", flag="--onnx")
+    measure_latency: bool = setting(
+        True, "measure the dense and pruned models' latency", flag="--latency"
+    )
+    latency_repeats: int = setting(10, "timed repeats per measurement", bounds=AT_LEAST_ONE)
     # eager PyTorch, torch.compile, or each model's faster of the two
     # (spruce.report.latency.measure_latency_table).
-    latency_runtime: str = "eager"
+    latency_runtime: str = setting(
+        "eager",
+        "time the models in eager PyTorch, under torch.compile (needs a C++ compiler; small "
+        "pruned models gain the most, as LayerNorms and adds get fused), or both ways, "
+        "reporting each model's faster runtime (best)",
+        choices=RUNTIMES,
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def validate(self) -> PruneConfig:
-        if self.method not in METHODS:
-            raise SpruceError(
-                f"--method {self.method} is not known", f"use one of {', '.join(METHODS)}"
-            )
-        if not 0 < self.target_sparsity < 1:
-            raise SpruceError(
-                f"--target-sparsity must be in (0, 1), got {self.target_sparsity}",
-                "e.g. 0.9 removes 90% of the encoder's attention and FFN weights",
-            )
+        """Check what spans settings and fill the recipe's values for those left None."""
+        check_settings(self)
         if self.units is None:
             self.units = UNIT_TYPES if self.method == "l0" else SCORED_UNITS
         unknown = sorted(set(self.units) - set(UNIT_TYPES))
@@ -112,17 +219,17 @@ class PruneConfig:
                 "--prune-rounds applies to --method magnitude|taylor",
                 "drop --prune-rounds: pdp ramps its target within one phase",
             )
-        for option, value, choices in (
-            ("--recipe", self.recipe, RECIPES),
-            ("--sparsity-control", self.sparsity_control, CONTROLS),
-            ("--sparsity-ramp", self.sparsity_ramp, RAMPS),
-        ):
-            if value not in choices:
-                raise SpruceError(
-                    f"{option} {value} is not known", f"use one of {', '.join(choices)}"
-                )
-        if not 0 <= self.sparsity_warmup <= 1:
-            raise SpruceError(f"--sparsity-warmup must be in [0, 1], got {self.sparsity_warmup}")
+        self._fill_recipe_values()
+        self._check_latency()
+        if self.distill and self.teacher:
+            raise SpruceError(
+                "--distill and --teacher cannot be combined",
+                "--teacher uses a fine-tuned model; --distill trains one first",
+            )
+        self.distillation.validate()
+        return self
+
+    def _fill_recipe_values(self) -> None:
         if self.prune_epochs is None and self.recipe in RECIPE_PRUNE_EPOCHS:
             self.prune_epochs = RECIPE_PRUNE_EPOCHS[self.recipe]
         if self.final_epochs is None and self.recipe in RECIPE_FINAL_EPOCHS:
@@ -131,26 +238,8 @@ class PruneConfig:
             self.final_patience = RECIPE_FINAL_PATIENCE.get(self.recipe)
         if self.group_by_length is None:
             self.group_by_length = RECIPE_GROUP_BY_LENGTH.get(self.recipe, False)
-        if self.final_patience is not None and self.final_patience < 0:
-            raise SpruceError(
-                f"--final-patience must be at least 0, got {self.final_patience}",
-                "0 trains every final epoch and keeps the best validation step",
-            )
-        for name in ("prune_epochs", "final_epochs", "lr_gates", "lr_lambda"):
-            if getattr(self, name) < 0 or (name.startswith("lr") and getattr(self, name) == 0):
-                raise SpruceError(f"--{name.replace('_', '-')} must be positive")
-        for name in ("prune_max_steps", "final_max_steps"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise SpruceError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.prune_rounds < 1 or self.latency_repeats < 1 or self.size_multiple < 1:
-            raise SpruceError(
-                "--prune-rounds, --latency-repeats and --size-multiple must be at least 1"
-            )
-        if self.latency_runtime not in RUNTIMES:
-            raise SpruceError(
-                f"--latency-runtime {self.latency_runtime} is not known",
-                f"use one of {', '.join(RUNTIMES)}",
-            )
+
+    def _check_latency(self) -> None:
         if self.latency_runtime != "eager" and not self.measure_latency:
             raise SpruceError(
                 f"--latency-runtime {self.latency_runtime} and --no-latency contradict each other",
@@ -163,13 +252,6 @@ class PruneConfig:
                 "(torch.compile builds CPU kernels)",
                 "install g++ (apt-get install g++) or use --latency-runtime eager",
             )
-        if self.distill and self.teacher:
-            raise SpruceError(
-                "--distill and --teacher cannot be combined",
-                "--teacher uses a fine-tuned model; --distill trains one first",
-            )
-        self.distillation.validate()
-        return self
 
     @property
     def uses_teacher(self) -> bool:

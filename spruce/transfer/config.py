@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from spruce.config import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_settings, setting
 from spruce.data.augment import AUGMENTS, SELECTS
 from spruce.errors import SpruceError
 from spruce.utils.fields import checked_fields
@@ -138,50 +139,100 @@ DEFAULT_WITH_AUX = {"coupling": "joint", "transfer": "both", "schedule": "prune-
 
 @dataclass
 class TransferConfig:
-    """Auxiliary tasks and the how/what/when of using them while pruning."""
+    """Auxiliary tasks and the how/what/when of using them while pruning.
 
+    ``coupling`` None means joint when auxiliary tasks are given, else none."""
+
+    # Built from --aux SPEC (and its weight and column options) by the command line.
     aux: tuple[AuxTask, ...] = ()
-    coupling: str = "none"
-    transfer: str = "both"
-    schedule: str = "constant"
-    tie_strength: float = 1.0
-    aux_ratio: float = 1.0  # auxiliary batches per target batch (each auxiliary task)
-    aux_steps: int | None = None  # sequential: first-stage steps (None: the pruning phase's)
-    aux_batch_size: int | None = None  # None: the target's batch size
-    mlm_probability: float = 0.15
-    # distill's unlabelled text: spruce.data.augment.AUGMENTS; None: none (the distill
-    # recipe selects the longest texts instead of joining them).
-    augment: str | None = None
-    # distill's choice of unlabelled texts: SELECTS; None: the recipe's (longest under
-    # --recipe distill), else all.
-    select: str | None = None
-    distill_layers: bool = False  # distill: the layer loss on the unlabelled text too
+    coupling: str | None = setting(
+        None,
+        "how tasks are coupled (default: joint with --aux, else none)",
+        choices=COUPLINGS,
+        group="transfer from auxiliary tasks",
+    )
+    transfer: str = setting(
+        DEFAULT_WITH_AUX["transfer"],
+        "what the tasks share or pass on",
+        choices=TRANSFERS,
+        group="transfer from auxiliary tasks",
+    )
+    schedule: str = setting(
+        DEFAULT_WITH_AUX["schedule"],
+        f"when the auxiliary loss applies: {', '.join(SCHEDULES)}",
+        flag="--aux-schedule",
+        metavar="WHEN",
+        group="transfer from auxiliary tasks",
+    )
+    tie_strength: float = setting(
+        1.0,
+        "tied: weight of the penalty pulling the gate sets' keep-probabilities together",
+        bounds=NON_NEGATIVE,
+        group="transfer from auxiliary tasks",
+    )
+    aux_ratio: float = setting(
+        1.0,
+        "auxiliary batches per target batch, per auxiliary task",
+        bounds=Bounds(low=0, high=16, low_open=True),
+        group="transfer from auxiliary tasks",
+    )
+    aux_steps: int | None = setting(
+        None,
+        "sequential: steps of the auxiliary stage (default: the pruning phase's)",
+        bounds=AT_LEAST_ONE,
+        group="transfer from auxiliary tasks",
+    )
+    aux_batch_size: int | None = setting(
+        None,
+        "auxiliary examples a step (default: --batch-size)",
+        bounds=AT_LEAST_ONE,
+        group="transfer from auxiliary tasks",
+    )
+    mlm_probability: float = setting(
+        0.15,
+        "mlm: fraction of tokens masked",
+        bounds=Bounds(low=0, high=1, low_open=True, high_open=True),
+        group="transfer from auxiliary tasks",
+    )
+    augment: str | None = setting(
+        None,
+        "distill: augment its unlabelled text (concat: join each text with another; "
+        "default: none under --recipe distill, which selects the longest texts instead)",
+        flag="--aux-augment",
+        choices=AUGMENTS,
+        group="transfer from auxiliary tasks",
+    )
+    select: str | None = setting(
+        None,
+        "distill: which unlabelled texts it reads (longest: as many of the longest as the "
+        "run has steps to read, each about once; default: longest under --recipe distill, "
+        "else all)",
+        flag="--aux-select",
+        choices=SELECTS,
+        group="transfer from auxiliary tasks",
+    )
+    distill_layers: bool = setting(
+        False,
+        "distill: match the teacher's hidden layers on the unlabelled text too (the layer "
+        "loss of the labelled batches, with a projection of its own)",
+        flag="--aux-distill-layers",
+        group="transfer from auxiliary tasks",
+    )
+
+    def __post_init__(self) -> None:
+        if self.coupling is None:
+            self.coupling = DEFAULT_WITH_AUX["coupling"] if self.aux else "none"
+        check_settings(self)
 
     def validate(self) -> TransferConfig:
+        check_settings(self)
         self.aux = tuple(task.validate() for task in self.aux)
-        _choose("--coupling", self.coupling, COUPLINGS)
-        _choose("--transfer", self.transfer, TRANSFERS)
         Schedule.parse(self.schedule)
         if self.coupling != "none" and not self.aux:
             raise SpruceError(
                 f"--coupling {self.coupling} needs at least one auxiliary task",
                 "add --aux mlm (the unlabelled rest of --train) or --aux task:PATH",
             )
-        if self.tie_strength < 0 or not 0 < self.aux_ratio <= 16:
-            raise SpruceError(
-                "--tie-strength must be >= 0 and --aux-ratio in (0, 16]",
-                "e.g. --tie-strength 1 --aux-ratio 1",
-            )
-        if self.aux_steps is not None and self.aux_steps < 1:
-            raise SpruceError("--aux-steps must be at least 1")
-        if self.aux_batch_size is not None and self.aux_batch_size < 1:
-            raise SpruceError("--aux-batch-size must be at least 1")
-        if not 0 < self.mlm_probability < 1:
-            raise SpruceError("--mlm-probability must be in (0, 1)")
-        if self.augment is not None:
-            _choose("--aux-augment", self.augment, AUGMENTS)
-        if self.select is not None:
-            _choose("--aux-select", self.select, SELECTS)
         return self
 
     @property
@@ -265,11 +316,6 @@ class TransferConfig:
         return cls(**checked_fields(cls, values, "transfer setting")).validate()
 
 
-def _choose(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise SpruceError(f"{option} {value} is not known", f"use one of {', '.join(choices)}")
-
-
 def check_keys(values: Mapping[str, Any], known: list[str], what: str) -> None:
     """Reject unknown keys, naming the nearest valid one."""
     for key in values:
@@ -302,7 +348,7 @@ def canonical_prune_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if coupling is None:
         if options.get("recipe") != "plain":
             return dict(options)
-        coupling = TransferConfig.coupling
+        coupling = "none"
     coupling = str(coupling)
     ignored = _IGNORED_OPTIONS.get(coupling, ())
     kept = {key: value for key, value in options.items() if key not in ignored}
