@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from golden import digest
-from tiny_models import write_sentiment_files
 
+from golden import digest
 from spruce.cli.main import main
 from spruce.config import from_config, read_config, to_config
 from spruce.errors import SpruceError
 from spruce.pipelines.prune import PruneRun
+from tiny_models import write_sentiment_files
 
 QUICK = ["--learning-rate", "5e-3", "--batch-size", "16", "--threads", "1", "--quiet"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from golden import RUNS, machine, make_inputs, recordings, run
 
 
