@@ -160,7 +160,8 @@ def _with_default(help_text: str, default: Any) -> str:
 def _base_type(annotation: Any) -> Any:
     """int, float, str, bool (or a container type) out of ``X`` or ``X | None``."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return members[0] if len(members) == 1 else annotation  # int | float: parse decides
     return annotation
 
 

@@ -14,7 +14,7 @@ import itertools
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spruce.adapters import AdapterConfig, find_adapters
 from spruce.compact import apply_masks, compact_model
+from spruce.config import section
 from spruce.masks.units import UnitMasks
 from spruce.models import load_classifier
 from spruce.pipelines.common import (
@@ -70,26 +71,22 @@ CHECK_BATCHES = 4  # real batches on which the masked and the fused model are co
 class AdaptRun(RunSettings):
     """One ``spruce adapt``: the shared run settings plus adapter and pruning settings."""
 
-    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    adapt: AdaptConfig = section(AdaptConfig, "adapters and pruning")
 
-
-def _configuration(run: AdaptRun, settings: AdaptConfig) -> dict[str, Any]:
-    """The report's ``config`` section (``settings``: the validated adapter settings),
-    which the checkpoint's fingerprint covers too."""
-    return {
-        "adapt": settings.to_dict(),
-        "train": run.train.to_dict(),
-        "data": asdict(run.data),
-        "max_length": run.max_length,
-    }
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adapt.final_epochs is None:  # as long as a fine-tune
+            self.adapt.final_epochs = self.train.epochs
 
 
 def run_adapt(run: AdaptRun) -> dict[str, Any]:
     start = time.perf_counter()
     settings = run.adapt.validate()
-    configuration = _configuration(run, settings)
+    # The report's config block, which the checkpoint's fingerprint covers too.
+    configuration = run.to_config()
     default_run = at_defaults(run)
-    defaults = _configuration(default_run, default_run.adapt.validate())
+    default_run.adapt.validate()
+    defaults = default_run.to_config()
     device, task, checkpoint = begin_run(run, "adapt", configuration, defaults)
     model, tokenizer, source = load_classifier(run.model, task.label_names)
     loaders = build_loaders(task, tokenizer, run.train, run.max_length)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from spruce.adapters import AdapterConfig
-from spruce.adapters.config import block_shape
+from spruce.adapters.config import KINDS, block_shape
+from spruce.config import AT_LEAST_ONE, POSITIVE, Bounds, check_settings, setting
 from spruce.errors import SpruceError
 from spruce.masks.control import CONTROLS
+from spruce.utils.fields import checked_fields
 
-TRANSFORMER_ADAPTERS = ("splora", "splopa")
 LEARNED = "l0"  # hard-concrete masks instead of a criterion
 
 
@@ -20,6 +20,35 @@ def criterion_names() -> tuple[str, ...]:
     from spruce.criteria import CRITERIA
 
     return (*CRITERIA, LEARNED)
+
+
+def rank_value(text: str) -> int | float:
+    """An absolute rank (whole number >= 1) or a fraction of each layer's width in (0, 1)."""
+    try:
+        value: int | float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"expected a whole number >= 1 or a fraction in (0, 1), got '{text}'"
+            ) from None
+        if not 0 < value < 1:
+            raise ValueError(f"a fractional rank must lie in (0, 1), got '{text}'") from None
+        return value
+    if value < 1:
+        raise ValueError(f"expected a rank of at least 1, got '{text}'")
+    return value
+
+
+def _block_side(text: str) -> int:
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise ValueError(f"expected a positive whole number, got '{text}'")
+    return value
+
+
+GROUP = "adapters and pruning"
 
 
 @dataclass
@@ -32,27 +61,90 @@ class AdaptConfig:
     masks fixed. ``fine_prune`` trains every weight and no adapter (the paper's baseline).
     """
 
-    adapter: str = "splora"
-    rank: int | float = 8
-    scaling: float = 1.0
-    block_size: int | tuple[int, int] = (32, 32)
-    num_prototypes: int = 16
-    criterion: str = "taylor"
-    target_sparsity: float = 0.5
-    prune_rounds: int = 3
-    epochs_per_round: float = 1.0
-    final_epochs: float = 3.0
-    fine_prune: bool = False
+    adapter: str = setting(
+        "splora",
+        "splora: low-rank channel adapter; splopa: block adapter with shared prototypes",
+        choices=KINDS,  # sppara is refused with a reason rather than as an unknown word
+        group=GROUP,
+    )
+    rank: int | float = setting(
+        8, "adapter rank, or a fraction of width", parse=rank_value, group=GROUP
+    )
+    scaling: float = setting(1.0, "multiplies the delta", group=GROUP)
+    block_size: int | tuple[int, int] = setting(
+        (32, 32), "splopa: square block side", parse=_block_side, metavar="N", group=GROUP
+    )
+    num_prototypes: int = setting(16, "splopa: shared prototypes", bounds=AT_LEAST_ONE, group=GROUP)
+    criterion: str = setting(
+        "taylor",
+        "unit importance (scored progressively), or l0: learned hard-concrete masks",
+        choices=criterion_names,
+        group=GROUP,
+    )
+    target_sparsity: float = setting(
+        0.5,
+        "fraction of the prunable weights to remove",
+        bounds=Bounds(low=0, high=1, low_open=True, high_open=True),
+        fix="e.g. 0.9 removes 90% of the encoder's attention and FFN weights",
+        group=GROUP,
+    )
+    prune_rounds: int = setting(
+        3,
+        "score-prune-train rounds (l0: one phase as long as all rounds)",
+        bounds=AT_LEAST_ONE,
+        group=GROUP,
+    )
+    epochs_per_round: float = setting(
+        1.0, "training after each round", bounds=POSITIVE, group=GROUP
+    )
+    final_epochs: float | None = setting(
+        None, "training with the structure fixed (default: --epochs)", bounds=POSITIVE, group=GROUP
+    )
+    fine_prune: bool = setting(
+        False,
+        "no adapters, every weight learns (the baseline adapters are compared with)",
+        group=GROUP,
+    )
     # FFN widths of the result are multiples of this (faster matrix products on CPUs).
-    size_multiple: int = 8
-    sparsity_warmup: float = 0.5
+    size_multiple: int = setting(
+        8, "round kept FFN widths to multiples of this", bounds=AT_LEAST_ONE, group=GROUP
+    )
+    sparsity_warmup: float = setting(
+        0.5,
+        "--criterion l0: fraction of the steps over which the target ramps up",
+        bounds=Bounds(low=0, high=1),
+        group=GROUP,
+    )
     # l0 criterion: see spruce.masks.control (exact: on the ramp by construction).
-    sparsity_control: str = "exact"
-    lr_gates: float = 0.1
-    lr_lambda: float = 0.1
-    export_onnx: bool = True
-    measure_latency: bool = True
-    latency_repeats: int = 10
+    sparsity_control: str = setting(
+        "exact",
+        "--criterion l0: exact holds the expected sparsity on the ramp by construction; "
+        "lagrangian: CoFi's learned multipliers (--lr-lambda)",
+        choices=CONTROLS,
+        group=GROUP,
+    )
+    lr_gates: float = setting(
+        0.1, "--criterion l0: learning rate of the gates", bounds=POSITIVE, group=GROUP
+    )
+    lr_lambda: float = setting(
+        0.1,
+        "--sparsity-control lagrangian: learning rate of the multipliers",
+        bounds=POSITIVE,
+        group=GROUP,
+    )
+    image_size: int = setting(
+        32, "CNNs: images are resized to this square size", bounds=AT_LEAST_ONE, group=GROUP
+    )
+    export_onnx: bool = setting(True, "export the fused model to ONNX", flag="--onnx", group=GROUP)
+    measure_latency: bool = setting(
+        True, "measure the dense and fused models' latency", flag="--latency", group=GROUP
+    )
+    latency_repeats: int = setting(
+        10, "timed repeats per measurement", bounds=AT_LEAST_ONE, group=GROUP
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def adapter_config(self) -> AdapterConfig:
         return AdapterConfig(
@@ -64,45 +156,17 @@ class AdaptConfig:
         ).validate()
 
     def validate(self) -> AdaptConfig:
-        _check_types(self)
+        check_settings(self)
         if self.adapter == "sppara":
             raise SpruceError(
                 "--adapter sppara adapts convolutions; a transformer's layers are Linear",
                 "use --adapter splora (low-rank) or splopa (block) for transformers",
-            )
-        if self.adapter not in TRANSFORMER_ADAPTERS:
-            raise SpruceError(
-                f"--adapter {self.adapter} is not known",
-                f"use one of {', '.join(TRANSFORMER_ADAPTERS)}",
-            )
-        known = criterion_names()
-        if self.criterion not in known:
-            raise SpruceError(
-                f"--criterion {self.criterion} is not known", f"use one of {', '.join(known)}"
             )
         if isinstance(self.rank, float) and not 0 < self.rank < 1:
             raise SpruceError(
                 f"--rank {self.rank}: a fractional rank is a share of each layer's width",
                 "give a whole number >= 1 or a fraction in (0, 1)",
             )
-        if not 0 < self.target_sparsity < 1:
-            raise SpruceError(
-                f"--target-sparsity must be in (0, 1), got {self.target_sparsity}",
-                "e.g. 0.9 removes 90% of the encoder's attention and FFN weights",
-            )
-        for name in ("epochs_per_round", "final_epochs", "lr_gates", "lr_lambda"):
-            if not getattr(self, name) > 0:
-                raise SpruceError(f"--{name.replace('_', '-')} must be positive")
-        if not 0 <= self.sparsity_warmup <= 1:
-            raise SpruceError(f"sparsity_warmup must be in [0, 1], got {self.sparsity_warmup}")
-        if self.sparsity_control not in CONTROLS:
-            raise SpruceError(
-                f"--sparsity-control {self.sparsity_control} is not known",
-                f"use one of {', '.join(CONTROLS)}",
-            )
-        for name in ("prune_rounds", "size_multiple", "latency_repeats"):
-            if getattr(self, name) < 1:
-                raise SpruceError(f"--{name.replace('_', '-')} must be at least 1")
         self.block_size = block_shape(self.block_size)
         self.adapter_config()  # rank, scaling and prototypes as the adapters check them
         return self
@@ -118,37 +182,6 @@ class AdaptConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AdaptConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SpruceError(f"unknown adapt settings: {', '.join(unknown)}")
-        return cls(**values).validate()
-
-
-_FLOATS = ("target_sparsity", "epochs_per_round", "final_epochs", "sparsity_warmup")
-_FLOATS += ("lr_gates", "lr_lambda")
-_INTS = ("prune_rounds", "size_multiple", "latency_repeats")
-_BOOLS = ("fine_prune", "export_onnx", "measure_latency")
-
-
-def _check_types(config: AdaptConfig) -> None:
-    """Settings also come from JSON (reports, grids): a wrong type is named, not a
-    ``TypeError`` deep in a comparison."""
-    for name in ("adapter", "criterion", "sparsity_control"):
-        if not isinstance(getattr(config, name), str):
-            raise SpruceError(f"adapt setting '{name}' must be text, got {getattr(config, name)!r}")
-    for name in _FLOATS:
-        value = getattr(config, name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise SpruceError(f"adapt setting '{name}' must be a finite number, got {value!r}")
-    for name in _INTS:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpruceError(f"adapt setting '{name}' must be a whole number, got {value!r}")
-    for name in _BOOLS:
-        if not isinstance(getattr(config, name), bool):
-            raise SpruceError(f"adapt setting '{name}' must be true or false")
+        """Settings as :meth:`to_dict` writes them; a wrong key or value type is a
+        :class:`SpruceError` naming the setting."""
+        return cls(**checked_fields(cls, values, "adapt setting")).validate()
