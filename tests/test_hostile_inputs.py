@@ -28,8 +28,7 @@ from spruce.adapters.config import AdapterConfig
 from spruce.cli.main import main
 from spruce.data import TaskDataConfig, load_task, read_table, stratified_sample
 from spruce.errors import SpruceError
-from spruce.grid import expand, load_grid
-from spruce.grid.prune_cli import FLAG, REPEAT, VALUE, PruneOption
+from spruce.grid import check_runs, expand, load_grid
 from spruce.pruning.config import PruneConfig
 from spruce.train.config import TrainConfig
 from spruce.transfer.config import TransferConfig
@@ -333,21 +332,13 @@ def test_adapter_config_from_dict(values: dict[str, Any]) -> None:
 
 # -- grid files: properties ------------------------------------------------------------------
 
-GRID_KINDS = {
-    "train": VALUE,
-    "method": VALUE,
-    "target-sparsity": VALUE,
-    "coupling": VALUE,
-    "transfer": VALUE,
-    "aux": REPEAT,
-    "trim-vocab": FLAG,
-    "seed": VALUE,
-    "out": VALUE,
-}
-GRID_TABLE = {name: PruneOption(name, kind) for name, kind in GRID_KINDS.items()}
-GRID_TABLE["lr"] = GRID_TABLE["learning-rate"] = PruneOption("learning-rate")
-
-option_names = st.sampled_from(sorted(GRID_TABLE)) | st.text(max_size=8)
+# Real spellings of grid keys (paths, field names, command-line spellings), reserved ones too.
+GRID_KEYS = [
+    "train", "data.train", "method", "prune.method", "target-sparsity", "target_sparsity",
+    "coupling", "transfer", "aux", "aux-weight", "trim-vocab", "no-latency", "seed", "out",
+    "lr", "learning-rate", "prune", "units", "teacher",
+]  # fmt: skip
+option_names = st.sampled_from(GRID_KEYS) | st.text(max_size=8)
 option_values = (
     st.sampled_from(["l0", "joint", "mlm", "train.tsv", 0.5, 0.9, True, False, None]) | json_scalars
 )
@@ -377,12 +368,14 @@ yaml_texts = st.text(
 
 
 def check_grid(path: Path) -> None:
-    spec = valid_or_user_error(lambda: load_grid(path, GRID_TABLE))
+    spec = valid_or_user_error(lambda: load_grid(path))
     if isinstance(spec, SpruceError):
         return
     runs = valid_or_user_error(lambda: expand(spec))
     if not isinstance(runs, SpruceError):
         assert len({run.id for run in runs}) == len(runs)
+        # Every run's settings build a config, or name what is wrong in one line.
+        valid_or_user_error(lambda: check_runs(spec, runs))
 
 
 @PROPERTY
@@ -536,13 +529,13 @@ def test_adapter_config_bad_values(values: dict, fragment: str) -> None:
 def test_grid_file_that_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "grid.yaml"
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
-    user_error(lambda: load_grid(path, GRID_TABLE), "not UTF-8", "convert")
+    user_error(lambda: load_grid(path), "not UTF-8", "convert")
 
 
 def test_grid_file_nested_too_deeply(tmp_path: Path) -> None:
     path = tmp_path / "grid.yaml"
     path.write_text("base: " + "[" * 5000 + "]" * 5000 + "\n")
-    user_error(lambda: load_grid(path, GRID_TABLE), "nested too deeply")
+    user_error(lambda: load_grid(path), "nested too deeply")
 
 
 # -- example-based edge cases the brief names ------------------------------------------------

@@ -13,11 +13,12 @@ import spruce.pipelines.prune as prune_pipeline
 import spruce.transfer.coupling as coupling_module
 from spruce.cli.main import main
 from spruce.errors import SpruceError
+from spruce.grid.spec import canonical
 from spruce.models import load_classifier
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import PhaseExtras, learn_l0_masks
 from spruce.train import TrainConfig
-from spruce.transfer import Schedule, TransferConfig, canonical_prune_options, parse_aux
+from spruce.transfer import Schedule, TransferConfig, parse_aux
 from spruce.transfer.data import Stream, mlm_stream, mlm_texts, text_stream
 from spruce.transfer.heads import ClassifierHead, MaskedLMHead, encode
 from spruce.transfer.objective import AuxiliaryObjective, AuxRuntime
@@ -98,31 +99,36 @@ def test_configuration_validation_and_round_trip():
         TransferConfig.from_dict({"tie_strenght": 2})
 
 
-def test_canonical_options_drop_what_a_coupling_ignores():
-    base = {"transfer": "masks", "aux-schedule": "prune-only", "tie-strength": 3, "aux": ["mlm"]}
-    assert canonical_prune_options({**base, "coupling": "none", "seed": 1}) == {
-        "coupling": "none",
-        "seed": 1,
+def test_canonical_settings_drop_what_a_coupling_ignores():
+    base = {
+        "transfer.transfer": "masks",
+        "transfer.schedule": "prune-only",
+        "transfer.tie_strength": 3,
+        "transfer.aux": ["mlm"],
+        "transfer.aux.weight": 0.3,
     }
-    assert "aux-schedule" not in canonical_prune_options({**base, "coupling": "sequential"})
-    assert "transfer" not in canonical_prune_options({**base, "coupling": "tied"})
+    none = canonical({**base, "transfer.coupling": "none", "prune.method": "pdp"})
+    assert none == {"transfer.coupling": "none", "prune.method": "pdp"}
+    assert "transfer.schedule" not in canonical({**base, "transfer.coupling": "sequential"})
+    assert "transfer.transfer" not in canonical({**base, "transfer.coupling": "tied"})
     # Joint coupling shares the encoder anyway: masks and both both mean shared gates.
-    assert canonical_prune_options({**base, "coupling": "joint"})["transfer"] == "both"
-    assert canonical_prune_options({**base, "coupling": "sequential"})["transfer"] == "masks"
+    assert canonical({**base, "transfer.coupling": "joint"})["transfer.transfer"] == "both"
+    sequential = canonical({**base, "transfer.coupling": "sequential"})
+    assert sequential["transfer.transfer"] == "masks"
 
 
-def test_canonical_options_keep_what_the_cli_would_use_when_the_coupling_is_left_out():
-    # --aux without --coupling runs joint; without --aux the distill recipe sets the
-    # transfer itself, so its auxiliary options apply; only --recipe plain ignores them.
-    given = canonical_prune_options({"aux": ["distill"], "aux-augment": "concat"})
-    assert given == {"aux": ["distill"], "aux-augment": "concat"}
-    recipe = {"aux-select": "all", "aux-augment": "concat"}
-    assert canonical_prune_options(recipe) == recipe
-    assert canonical_prune_options({**recipe, "recipe": "distill"}) == {
+def test_canonical_settings_keep_what_a_run_uses_when_the_coupling_is_left_out():
+    # aux without a coupling runs joint; without aux the distill recipe sets the transfer
+    # itself, so its auxiliary settings apply; only recipe plain ignores them.
+    given = {"transfer.aux": ["distill"], "transfer.augment": "concat"}
+    assert canonical(given) == given
+    recipe = {"transfer.select": "all", "transfer.augment": "concat"}
+    assert canonical(recipe) == recipe
+    assert canonical({**recipe, "prune.recipe": "distill"}) == {
         **recipe,
-        "recipe": "distill",
+        "prune.recipe": "distill",
     }
-    assert canonical_prune_options({**recipe, "recipe": "plain"}) == {"recipe": "plain"}
+    assert canonical({**recipe, "prune.recipe": "plain"}) == {"prune.recipe": "plain"}
 
 
 # -- data and heads ------------------------------------------------------------------

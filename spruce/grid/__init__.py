@@ -1,6 +1,7 @@
 """``spruce grid``: many ``spruce prune`` runs from one YAML file, resumable, summarised.
 
-* :mod:`spruce.grid.prune_cli` knows the ``spruce prune`` options and builds arguments;
+* :mod:`spruce.grid.settings` says what a grid key means (a path into the run settings)
+  and builds each run's config;
 * :mod:`spruce.grid.spec` reads and validates GRID.yaml and expands it into runs;
 * :mod:`spruce.grid.runner` runs them as subprocesses, ``jobs`` at a time
   (:mod:`spruce.grid.process` launches one), or :mod:`spruce.grid.ray_backend` as Ray
@@ -18,14 +19,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from spruce.grid.prune_cli import PruneOption, check_runs
-    from spruce.grid.runner import GridOutcome, command_for, dry_run, run_grid
+    from spruce.grid.runner import GridOutcome, check_runs, command_for, dry_run, run_grid
     from spruce.grid.spec import GridSpec, Run, expand, load_grid
     from spruce.grid.summary import summarize
 
 _MODULES = {
-    "PruneOption": "prune_cli",
-    "check_runs": "prune_cli",
+    "check_runs": "runner",
     "GridOutcome": "runner",
     "command_for": "runner",
     "dry_run": "runner",
@@ -48,7 +47,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "GridOutcome",
     "GridSpec",
-    "PruneOption",
     "Run",
     "check_runs",
     "command_for",

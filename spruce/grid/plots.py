@@ -24,9 +24,11 @@ import matplotlib.pyplot as plt
 
 from spruce.transfer.config import COUPLINGS
 
-SPARSITY, EXAMPLES = "target-sparsity", "max-train-samples"
+SPARSITY, EXAMPLES = "prune.target_sparsity", "data.max_train_samples"
 # Options that describe how a line uses auxiliary tasks, shown in its legend label.
-TRANSFER_LABEL_KEYS = ("transfer", "aux-schedule", "aux", "tie-strength")
+TRANSFER_LABEL_KEYS = (
+    "transfer.transfer", "transfer.schedule", "transfer.aux", "transfer.tie_strength"
+)  # fmt: skip
 ConfigValues = tuple[Mapping[str, Any], Sequence[float]]
 Line = tuple[dict[str, Any], dict[float, list[float]]]
 
@@ -62,7 +64,7 @@ def plot_metric_vs_sparsity(
         return None
     best: dict[str, Line] = {}
     for line in lines:
-        coupling = str(line[0].get("coupling", "none"))
+        coupling = str(line[0].get("transfer.coupling", "none"))
         if coupling not in best or _score(line) > _score(best[coupling]):
             best[coupling] = line
     ordered = sorted(best.items(), key=lambda item: _coupling_rank(item[0]))
@@ -85,12 +87,12 @@ def plot_metric_vs_examples(
     lines = _lines(configs, EXAMPLES)
     if lines is None:
         return None
-    baseline = [line for line in lines if line[0].get("coupling", "none") == "none"]
-    transfer = [line for line in lines if line[0].get("coupling", "none") != "none"]
+    baseline = [line for line in lines if line[0].get("transfer.coupling", "none") == "none"]
+    transfer = [line for line in lines if line[0].get("transfer.coupling", "none") != "none"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drawn = [max(group, key=_score) for group in (baseline, transfer) if group]
     for line in drawn:
-        _draw(ax, line, _label(str(line[0].get("coupling", "none")), line[0]))
+        _draw(ax, line, _label(str(line[0].get("transfer.coupling", "none")), line[0]))
     _draw_teacher(ax, dense_line(dense, EXAMPLES, drawn[0]))
     ax.set_xscale("log")
     # The budgets themselves as ticks: a log axis would label them 3 x 10^2 and so on.
@@ -164,7 +166,7 @@ def _label(coupling: str, options: Mapping[str, Any]) -> str:
         if key in options and coupling != "none":
             value = options[key]
             shown = "+".join(map(str, value)) if isinstance(value, list) else str(value)
-            details.append(f"{key} {shown}")
+            details.append(f"{key.rsplit('.', 1)[-1]} {shown}")
     return f"{coupling} ({', '.join(details)})" if details else coupling
 
 

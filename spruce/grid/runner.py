@@ -29,9 +29,10 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from spruce.errors import SpruceError
 from spruce.grid.process import POLL_S, open_log, run_environment, stop
-from spruce.grid.prune_cli import option_arguments, resolve_path
-from spruce.grid.spec import BACKENDS, GridSpec, Run
+from spruce.grid.settings import run_config
+from spruce.grid.spec import BACKENDS, GridSpec, Run, resolve_path
 from spruce.train.checkpoint import checkpoint_dir
 from spruce.utils.atomic import write_text_atomic
 
@@ -40,15 +41,12 @@ Command = Callable[[GridSpec, Run, Path], list[str]]
 
 
 def command_for(spec: GridSpec, run: Run, directory: Path) -> list[str]:
-    """``python -m spruce prune OPTIONS --seed S --threads T --out DIR --quiet``, with
-    ``--resume`` where an earlier attempt left a checkpoint."""
-    cwd = Path.cwd()
-    options = option_arguments(
-        run.options, spec.options, lambda text: resolve_path(text, spec.root, cwd)
-    )
-    command = [sys.executable, "-m", "spruce", spec.command, *options]
-    command += ["--seed", str(run.seed), "--threads", str(spec.threads)]
-    command += ["--out", str(directory), "--quiet"]
+    """``python -m spruce prune --config RUN.config.json --threads T --out DIR --quiet``,
+    with ``--resume`` where an earlier attempt left a checkpoint. The config file (its
+    settings, the seed included) is written when the grid starts (:func:`write_configs`)."""
+    config = directory.parent / f"{run.id}.config.json"
+    command = [sys.executable, "-m", "spruce", spec.command, "--config", str(config)]
+    command += ["--threads", str(spec.threads), "--out", str(directory), "--quiet"]
     if directory.exists():
         # Only unfinished runs are launched: a folder without report.json is a leftover.
         command.append("--overwrite")
@@ -56,6 +54,48 @@ def command_for(spec: GridSpec, run: Run, directory: Path) -> list[str]:
         # A run the grid was stopped in continues where its checkpoint left off.
         command.append("--resume")
     return command
+
+
+def config_for(spec: GridSpec, run: Run) -> dict[str, Any]:
+    """The config block ``run`` launches with: its options with data paths resolved
+    against the YAML's folder, checked by the config classes."""
+    cwd = Path.cwd()
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str):
+            return resolve_path(value, spec.root, cwd)
+        if isinstance(value, list):
+            return [resolve(item) for item in value]
+        if isinstance(value, dict):
+            return {key: resolve(item) for key, item in value.items()}
+        return value
+
+    options = {path: resolve(value) for path, value in run.options.items()}
+    return run_config(spec.command, options, run.seed)
+
+
+def check_runs(spec: GridSpec, runs: Sequence[Run]) -> None:
+    """Build each distinct configuration's settings once, before any run starts: a wrong
+    value (a sparsity of 1.5, an unknown method) fails here, naming the run."""
+    checked = set()
+    for run in runs:
+        if run.config in checked:
+            continue
+        checked.add(run.config)
+        try:
+            config_for(spec, run)
+        except SpruceError as error:
+            raise SpruceError(
+                f"{spec.path}: run {run.id}: {error.problem}", "fix its settings in the grid file"
+            ) from None
+
+
+def write_configs(spec: GridSpec, runs: Sequence[Run], out: Path) -> None:
+    """``runs/RUN.config.json`` of every run still to launch (what its --config reads)."""
+    for run in runs:
+        if not is_done(run, out):
+            text = json.dumps(config_for(spec, run), indent=2) + "\n"
+            write_text_atomic(Path(out) / "runs" / f"{run.id}.config.json", text)
 
 
 def is_done(run: Run, out: Path) -> bool:
@@ -104,11 +144,13 @@ def progress(total: int, skipped: int) -> tqdm:
 
 
 def dry_run(spec: GridSpec, runs: Sequence[Run], out: Path, command: Command | None = None) -> None:
-    """Print each run's id and command line; nothing is started or written."""
+    """Print each run's id, settings and command line; nothing is started or written."""
     build = command or command_for
     for run in runs:
         state = "done, skipped" if is_done(run, out) else "to run"
-        print(f"{run.id} ({state}):\n  {shlex.join(build(spec, run, run.directory(out)))}")
+        settings = ", ".join(f"{k}={v}" for k, v in run.options.items()) or "defaults"
+        print(f"{run.id} ({state}): {settings}, seed {run.seed}")
+        print(f"  {shlex.join(build(spec, run, run.directory(out)))}")
     print(f"{len(runs)} runs, {sum(not is_done(r, out) for r in runs)} to run")
 
 
@@ -130,6 +172,8 @@ def run_grid(
     at ``ray_address`` (see :func:`spruce.grid.ray_backend.run_grid_ray`; ``jobs`` caps
     the runs in flight, ``None`` leaves it to the cluster's resources)."""
     build = command or command_for
+    (Path(out) / "runs").mkdir(parents=True, exist_ok=True)
+    write_configs(spec, runs, out)
     if backend == "ray":
         from spruce.grid.ray_backend import run_grid_ray
 

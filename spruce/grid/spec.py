@@ -1,47 +1,43 @@
 """GRID.yaml: parsing, strict validation, and expansion into distinct ``spruce prune`` runs.
 
-Validation is strict because a grid runs for hours: an unknown key, an unknown option
-name (with the nearest valid one suggested) or a bad value fails before the first run.
+Validation is strict because a grid runs for hours: an unknown key, an unknown setting
+(with the nearest valid one suggested) or a bad value fails before the first run. Run
+options are keyed by config path (:mod:`spruce.grid.settings`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import itertools
 import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from spruce.errors import SpruceError
-from spruce.grid import prune_cli
-from spruce.grid.prune_cli import FLAG, SWITCH, VALUE, PruneOption, Scalar
+from spruce.grid import settings
 from spruce.report.metrics import METRICS
-from spruce.transfer.config import canonical_prune_options, check_keys
+from spruce.transfer.config import IGNORED_BY_COUPLING
+
+Scalar = str | int | float
 
 TOP_KEYS = [
     "name", "command", "out", "seeds", "jobs", "threads", "metric", "base", "grid",
     "backend", "gpus_per_run",
 ]  # fmt: skip
 BACKENDS = ("local", "ray")  # where runs are launched: spruce.grid.runner.run_grid
-# Set per run by the runner; in a grid file they would silently fight with it.
-RESERVED = {
-    "seed": "list the seeds under 'seeds:'",
-    "out": "set the grid's folder with the top-level 'out:' (or --out)",
-    "overwrite": "finished runs are kept and skipped; delete a run's folder to redo it",
-    "threads": "set the top-level 'threads:'",
-}
 
 
 @dataclass(frozen=True)
 class Axis:
-    """One grid axis; every value is normalised to a mapping of prune options."""
+    """One grid axis; every value is normalised to a mapping of config paths."""
 
     name: str
     values: list[dict[str, Any]]
@@ -65,7 +61,6 @@ class GridSpec:
     metric: str
     base: dict[str, Any]
     axes: list[Axis]
-    options: Mapping[str, PruneOption] = field(repr=False)
     command: str = "prune"
     backend: str = "local"
     # GPUs Ray reserves for each run (fractions share one); the local backend ignores it.
@@ -74,7 +69,7 @@ class GridSpec:
     @property
     def root(self) -> Path:
         """The YAML's folder: relative data paths are looked up here first
-        (:func:`spruce.grid.prune_cli.resolve_path`)."""
+        (:func:`resolve_path`)."""
         return self.path.resolve().parent
 
     @property
@@ -91,10 +86,10 @@ class GridSpec:
 
 @dataclass(frozen=True)
 class Run:
-    """One ``spruce prune`` run: canonical options (as written in the YAML, without the
-    seed, ``{seed}`` filled in), the same options with ``{seed}`` left as written (shared
-    by every seed of the configuration) and the grid-axis options that remain after
-    canonicalisation."""
+    """One ``spruce prune`` run: canonical options (config paths and YAML values, without
+    the seed, ``{seed}`` filled in), the same options with ``{seed}`` left as written
+    (shared by every seed of the configuration) and the grid-axis options that remain
+    after canonicalisation."""
 
     id: str
     seed: int
@@ -121,6 +116,32 @@ class Run:
         return Path(out) / "runs" / f"{self.id}.stop"
 
 
+def check_keys(values: Mapping[str, Any], known: list[str], what: str) -> None:
+    """Reject unknown keys, naming the nearest valid one."""
+    for key in values:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(known)}"
+            raise SpruceError(f"unknown {what} '{key}'", hint)
+
+
+def resolve_path(text: str, root: Path, cwd: Path) -> str:
+    """A relative path (or the PATH of ``kind:PATH``) that exists in ``root`` (the YAML
+    file's folder) becomes absolute; anything else is kept as written, i.e. relative to
+    the directory ``spruce grid`` runs in. Only strings that look like paths (a ``/`` or
+    a file suffix) are looked up, so words such as ``mlm`` or ``joint`` never change."""
+    if root.resolve() == cwd.resolve():
+        return text
+    prefix, sep, rest = text.partition(":")
+    head, candidate = (f"{prefix}:", rest) if sep and prefix and "/" not in prefix else ("", text)
+    path = Path(candidate)
+    if not candidate or path.is_absolute() or ("/" not in candidate and not path.suffix):
+        return text
+    if (root / path).exists():
+        return head + str((root / path).resolve())
+    return text
+
+
 @contextlib.contextmanager
 def _in_file(path: Path) -> Iterator[None]:
     try:
@@ -129,8 +150,8 @@ def _in_file(path: Path) -> Iterator[None]:
         raise SpruceError(f"{path}: {error.problem}", error.fix) from None
 
 
-def load_grid(path: Path, options: Mapping[str, PruneOption] | None = None) -> GridSpec:
-    """Read and validate a grid file; ``options`` defaults to :func:`prune_options`."""
+def load_grid(path: Path) -> GridSpec:
+    """Read and validate a grid file."""
     path = Path(path)
     if not path.is_file():
         raise SpruceError(f"grid file {path} does not exist", "check the path")
@@ -153,30 +174,29 @@ def load_grid(path: Path, options: Mapping[str, PruneOption] | None = None) -> G
             f"{path} is nested too deeply to be read", "write a flat grid file"
         ) from None
     command = data.get("command", "prune") if isinstance(data, dict) else "prune"
-    if command not in prune_cli.COMMANDS:
+    if command not in settings.COMMANDS:
         raise SpruceError(
             f"{path}: command '{command}' cannot be run by a grid",
-            f"use one of {', '.join(prune_cli.COMMANDS)}",
+            f"use one of {', '.join(settings.COMMANDS)}",
         )
-    known = dict(options if options is not None else prune_cli.prune_options(command))
     with _in_file(path):
-        return _parse(path, text, data, known)
+        return _parse(path, text, data, command)
 
 
-def _parse(path: Path, text: str, data: Any, known: dict[str, PruneOption]) -> GridSpec:
+def _parse(path: Path, text: str, data: Any, command: str) -> GridSpec:
     if not isinstance(data, dict):
         raise SpruceError("a grid file must be a mapping of keys (name, seeds, base, grid, ...)")
     check_keys(data, TOP_KEYS, "grid file key")
-    base = _options(data.get("base") or {}, known, "base")
-    axes = _axes(data.get("grid") or {}, known)
+    base = _options(data.get("base") or {}, command, "base")
+    axes = _axes(data.get("grid") or {}, command)
     sources = {name: "base" for name in base}
     for axis in axes:
         for name in axis.options:
             if name in sources:
                 raise SpruceError(
-                    f"option '{name}' is set both in {sources[name]} and by grid axis "
+                    f"setting '{name}' is set both in {sources[name]} and by grid axis "
                     f"'{axis.name}'",
-                    "set each option in one place only",
+                    "set each setting in one place only",
                 )
             sources[name] = f"grid axis '{axis.name}'"
     seeds = data.get("seeds", [0])
@@ -221,8 +241,7 @@ def _parse(path: Path, text: str, data: Any, known: dict[str, PruneOption]) -> G
         metric=metric,
         base=base,
         axes=axes,
-        options=known,
-        command=str(data.get("command", "prune")),
+        command=command,
         backend=backend,
         gpus_per_run=gpus,
     )
@@ -232,7 +251,7 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _axes(grid: Any, known: dict[str, PruneOption]) -> list[Axis]:
+def _axes(grid: Any, command: str) -> list[Axis]:
     if not isinstance(grid, dict):
         raise SpruceError("grid must map axis names to lists of values")
     axes = []
@@ -245,107 +264,133 @@ def _axes(grid: Any, known: dict[str, PruneOption]) -> list[Axis]:
         if not values:
             raise SpruceError(f"grid axis '{name}' is empty", "give it at least one value")
         mappings = [isinstance(v, dict) for v in values]
-        if all(mappings):
-            # A named axis whose values each set several options together.
+        if all(mappings) and not _is_section(command, name):
+            # A named axis whose values each set several settings together.
             axes.append(
-                Axis(str(name), [_options(v, known, f"grid axis '{name}'") for v in values])
+                Axis(str(name), [_options(v, command, f"grid axis '{name}'") for v in values])
             )
-        elif any(mappings):
+        elif any(mappings) and not all(mappings):
             raise SpruceError(
-                f"grid axis '{name}' mixes option mappings and plain values",
-                "use only mappings (a named axis) or only values of one option",
+                f"grid axis '{name}' mixes mappings of settings and plain values",
+                "use only mappings (a named axis) or only values of one setting",
             )
         else:
-            option = _option_name(name, known, "grid")
-            axes.append(Axis(option, [_options({name: v}, known, "grid") for v in values]))
+            parsed = [_options({name: v}, command, "grid") for v in values]
+            path = next(iter(parsed[0]), str(name))
+            axes.append(Axis(path, parsed))
     return axes
 
 
-def _option_name(name: Any, known: dict[str, PruneOption], where: str) -> str:
-    if name in RESERVED:
-        raise SpruceError(f"'{name}' in {where} is set by spruce grid", RESERVED[name])
-    check_keys({name: None}, sorted(known), f"spruce prune option (in {where})")
-    return known[name].name
+def _is_section(command: str, name: Any) -> bool:
+    """``prune`` in ``prune: {method: pdp}``: a section whose settings a mapping gives
+    (not ``transfer.aux``, whose tasks may be mappings themselves)."""
+    if name in ("aux", settings.AUX):
+        return False
+    return any(path.startswith(f"{name}.") for path in settings.keys(command))
 
 
-def _options(values: Any, known: dict[str, PruneOption], where: str) -> dict[str, Any]:
-    """Validated ``name -> value`` with names normalised to the primary option name."""
+def _options(values: Any, command: str, where: str, prefix: str = "") -> dict[str, Any]:
+    """Validated ``path -> value``; spellings normalised to config paths, a section's
+    mapping (``prune: {method: pdp}``) flattened."""
     if not isinstance(values, dict):
-        raise SpruceError(f"{where} must map spruce prune option names to values")
+        raise SpruceError(f"{where} must map spruce {command} settings to values")
     options: dict[str, Any] = {}
     for key, value in values.items():
-        name = _option_name(key, known, where)
-        value = _value(name, known[name].kind, value, where)
-        if known[name].kind == SWITCH and value is False:
-            name, value = f"no-{name}", True  # false is the switch's --no- form, not absent
-        if name in options:
-            raise SpruceError(f"option '{name}' is given twice in {where} (once as an alias)")
-        options[name] = value
+        if isinstance(value, dict) and _is_section(command, prefix + str(key)):
+            found = _options(value, command, where, f"{prefix}{key}.")
+        else:
+            path, negated = settings.normalise(command, prefix + str(key), where)
+            found = {path: _value(key, settings.keys(command)[path], value, negated, where)}
+        for path, checked in found.items():
+            if path in options:
+                raise SpruceError(f"setting '{path}' is given twice in {where} (once as an alias)")
+            options[path] = checked
     return options
 
 
-def _value(name: str, kind: str, value: Any, where: str) -> Any:
-    def scalar(item: Any) -> bool:
+def _value(name: Any, key: settings.Key, value: Any, negated: bool, where: str) -> Any:
+    def plain(item: Any) -> bool:
         return isinstance(item, Scalar) and not isinstance(item, bool)
 
     if value is None:
-        return None  # the option is left out
-    if kind in (FLAG, SWITCH):
+        return None  # the setting is left at its default
+    if key.boolean:
         if not isinstance(value, bool):
-            raise SpruceError(f"'{name}' in {where} is a flag: use true or false, not {value!r}")
-        return value
+            raise SpruceError(f"'{name}' in {where} is true or false, not {value!r}")
+        return value != negated
     if isinstance(value, list):
-        if kind == VALUE:
+        if not key.listed:
             raise SpruceError(
                 f"'{name}' in {where} takes one value, got the list {value!r}",
-                "list values are only for options that may be repeated",
+                "list values are only for settings that hold several",
             )
-        if not value or not all(scalar(item) for item in value):
+        if not value or not all(plain(item) or isinstance(item, dict) for item in value):
             raise SpruceError(f"'{name}' in {where} needs a non-empty list of plain values")
         return list(value)
-    if not scalar(value):
+    if not plain(value) and not (key.path == settings.AUX and isinstance(value, dict)):
         raise SpruceError(
             f"'{name}' in {where} takes a value, got {value!r}",
             "quote it if you meant the text (YAML reads yes/no/on/off as true/false)",
         )
-    return value
+    return key.read(value)
+
+
+def canonical(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` minus the transfer settings the run's coupling ignores: a grid over
+    couplings x transfers x schedules then runs each distinct behaviour once (``none``
+    once per seed). Without a coupling, auxiliary tasks mean joint; without either, the
+    recipe decides, and under any recipe but ``plain`` every setting may apply."""
+    coupling = options.get("transfer.coupling")
+    if coupling is None and options.get(settings.AUX):
+        coupling = "joint"
+    if coupling is None:
+        if options.get("prune.recipe", "distill") != "plain":
+            return dict(options)
+        coupling = "none"
+    ignored = {f"transfer.{name}" for name in IGNORED_BY_COUPLING.get(str(coupling), ())}
+    if settings.AUX in ignored:
+        ignored |= set(settings.AUX_MODIFIERS)
+    kept = {key: value for key, value in options.items() if key not in ignored}
+    if coupling == "joint" and kept.get("transfer.transfer") == "masks":
+        kept["transfer.transfer"] = "both"  # joint shares the encoder either way
+    return kept
 
 
 def expand(spec: GridSpec) -> list[Run]:
     """Axes x seeds, canonicalised and deduplicated, seeds outermost so that one seed of
     every configuration finishes before the second seed of any."""
     combos = itertools.product(*(axis.values for axis in spec.axes))
-    settings = []
+    configurations = []
     seen_configs = set()
     for combo in combos:
         options = dict(spec.base)
         for part in combo:
             options.update(part)
-        options = {k: v for k, v in options.items() if v is not None and v is not False}
+        options = {k: v for k, v in options.items() if v is not None}
         # Only spruce prune has settings that make other settings irrelevant (couplings).
-        canonical = canonical_prune_options(options) if spec.command == "prune" else options
-        key = json.dumps(canonical, sort_keys=True, default=str)
+        kept = canonical(options) if spec.command == "prune" else options
+        key = json.dumps(kept, sort_keys=True, default=str)
         if key not in seen_configs:
             seen_configs.add(key)
-            axes = {k: canonical[k] for k in spec.axis_options if k in canonical}
-            settings.append((canonical, axes))
-    slugs = [_slug(axes) for _, axes in settings]
+            axes = {k: kept[k] for k in spec.axis_options if k in kept}
+            configurations.append((kept, axes))
+    slugs = [_slug(axes) for _, axes in configurations]
     ids = []
-    for slug, (canonical, _) in zip(slugs, settings, strict=True):
+    for slug, (kept, _) in zip(slugs, configurations, strict=True):
         if slugs.count(slug) > 1:
-            digest = hashlib.sha1(json.dumps(canonical, sort_keys=True, default=str).encode())
+            digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode())
             slug = f"{slug}-{digest.hexdigest()[:6]}"
         ids.append(slug)
     return [
         Run(
             id=f"{slug}-s{seed}",
             seed=seed,
-            options=with_seed(canonical, seed),
+            options=with_seed(kept, seed),
             axes=axes,
-            template=canonical,
+            template=kept,
         )
         for seed in spec.seeds
-        for slug, (canonical, axes) in zip(ids, settings, strict=True)
+        for slug, (kept, axes) in zip(ids, configurations, strict=True)
     ]
 
 
@@ -361,6 +406,8 @@ def with_seed(options: dict[str, Any], seed: int) -> dict[str, Any]:
             return value.replace(SEED_FIELD, str(seed))
         if isinstance(value, list):
             return [fill(item) for item in value]
+        if isinstance(value, dict):
+            return {key: fill(item) for key, item in value.items()}
         return value
 
     return {name: fill(value) for name, value in options.items()}
@@ -369,8 +416,9 @@ def with_seed(options: dict[str, Any], seed: int) -> dict[str, Any]:
 def _slug(axes: dict[str, Any]) -> str:
     parts = []
     for name, value in axes.items():
-        if value is True:
-            parts.append(name)  # a flag axis: its name marks the runs that set it
+        if isinstance(value, bool):  # a true/false axis: its name marks the runs
+            leaf = name.rsplit(".", 1)[-1]
+            parts.append(leaf if value else f"no-{leaf}")
         else:
             items = value if isinstance(value, list) else [value]
             parts.append("+".join(_value_slug(item) for item in items))
@@ -380,7 +428,9 @@ def _slug(axes: dict[str, Any]) -> str:
     return slug
 
 
-def _value_slug(value: Scalar) -> str:
+def _value_slug(value: Any) -> str:
+    if isinstance(value, dict):  # an auxiliary task as a mapping: its kind and path
+        return _value_slug(":".join(str(value[k]) for k in ("kind", "path") if value.get(k)))
     # The run id ends in -sSEED already.
     text = re.sub(r"[-_.]?s?\{seed\}", "", str(value))
     prefix, sep, rest = text.partition(":")

@@ -2,7 +2,7 @@
 
 The report answers three questions about transfer while pruning — **how** to couple the
 auxiliary tasks (``coupling``), **what** to pass on (``transfer``) and **when** to use
-them (``aux-schedule``) — each against the ``none`` baseline, then names the best
+them (``transfer.schedule``) — each against the ``none`` baseline, then names the best
 configuration. Values are in points (metric x 100), mean +- sample std over runs.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shlex
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,15 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from spruce.grid.plots import plot_grid
-from spruce.grid.prune_cli import option_arguments
 from spruce.grid.runner import is_done, read_failure
-from spruce.grid.spec import GridSpec, Run
-from spruce.transfer.config import (
-    COUPLINGS,
-    SCHEDULES,
-    TRANSFERS,
-    canonical_prune_options,
-)
+from spruce.grid.spec import GridSpec, Run, canonical
+from spruce.transfer.config import COUPLINGS, SCHEDULES, TRANSFERS
 from spruce.utils.atomic import write_text_atomic
 
 
@@ -69,7 +62,11 @@ class RunResult:
 
 # What the summary shows for a choice the run's coupling does not use (None in its report).
 _SHOWN_WHEN_UNSET = {"coupling": "none", "transfer": "both", "schedule": "constant"}
-_CHOICE_OPTIONS = {"coupling": "coupling", "transfer": "transfer", "schedule": "aux-schedule"}
+_CHOICE_OPTIONS = {
+    "coupling": "transfer.coupling",
+    "transfer": "transfer.transfer",
+    "schedule": "transfer.schedule",
+}
 
 
 @dataclass
@@ -88,14 +85,14 @@ class Config:
 
     @property
     def coupling(self) -> str:
-        return str(self.options.get("coupling", "none"))
+        return str(self.options.get("transfer.coupling", "none"))
 
     @property
     def context(self) -> str:
         """The options that do not concern auxiliary tasks (data budget, sparsity, ...):
         a configuration is compared with the ``none`` run of the same context."""
-        plain = canonical_prune_options({**self.options, "coupling": "none"})
-        plain.pop("coupling")
+        plain = canonical({**self.options, "transfer.coupling": "none"})
+        plain.pop("transfer.coupling")
         return json.dumps(plain, sort_keys=True, default=str)
 
 
@@ -290,13 +287,19 @@ def _best(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
             f"{_delta(best.values, baseline.values)} points over `none` with the same other "
             f"options ({_mean_std(baseline.values)}, n = {len(baseline.values)})"
         )
-    arguments = shlex.join(option_arguments(best.options, spec.options))
     if best.dense:
         gain += f"; its dense teacher (not pruned) scores {_mean_std(best.dense)}"
     lines.append(
         f"`{_describe(best.axes)}`: {_mean_std(best.values)} (n = {len(best.values)}); {gain}."
     )
-    lines.extend(["", f"Its `spruce {spec.command}` options (and `--seed`): `{arguments}`"])
+    lines.extend(
+        [
+            "",
+            f"Its settings (beside the seed): `{_describe(best.options)}`; the report.json of "
+            f"each of its runs reruns it: `spruce {spec.command} --config "
+            "OUT/runs/RUN/report.json --out DIR`.",
+        ]
+    )
     contexts: dict[str, list[Config]] = {}
     for config in finished:
         contexts.setdefault(config.context, []).append(config)
@@ -309,7 +312,7 @@ def _best(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
         lines.append("|---|---|---|---|---|---|" + "---|" * teachers)
         for members in contexts.values():
             top = max(members, key=lambda c: statistics.fmean(c.values))
-            transfer_keys = {"coupling", *top.options} - set(json.loads(top.context))
+            transfer_keys = {"transfer.coupling", *top.options} - set(json.loads(top.context))
             setting = {k: v for k, v in top.axes.items() if k not in transfer_keys}
             choice = {k: v for k, v in top.axes.items() if k in transfer_keys}
             none = _baseline(top, finished)

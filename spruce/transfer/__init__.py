@@ -7,7 +7,7 @@ from spruce.transfer.config import (
     AuxTask,
     Schedule,
     TransferConfig,
-    canonical_prune_options,
+    aux_tasks,
     parse_aux,
 )
 
@@ -18,6 +18,6 @@ __all__ = [
     "AuxTask",
     "Schedule",
     "TransferConfig",
-    "canonical_prune_options",
+    "aux_tasks",
     "parse_aux",
 ]

@@ -22,8 +22,7 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -89,6 +88,32 @@ def parse_aux(spec: str) -> AuxTask:
     default weight)."""
     kind, _, path = spec.partition(":")
     return AuxTask(kind=kind.strip(), path=path.strip() or None).validate()
+
+
+def aux_tasks(
+    specs: Sequence[str | Mapping[str, Any]],
+    weights: Sequence[float] = (),
+    text_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+) -> tuple[AuxTask, ...]:
+    """Auxiliary tasks from specs (``mlm``, ``task:PATH``, or mappings of AuxTask fields)
+    with the command line's ``--aux-weight`` (one for all, or one per task),
+    ``--aux-text-columns`` and ``--aux-label-column``."""
+    if weights and len(weights) not in (1, len(specs)):
+        raise SpruceError(
+            f"{len(weights)} --aux-weight values for {len(specs)} --aux tasks",
+            "give one weight for all, or one per --aux",
+        )
+    tasks = []
+    for index, spec in enumerate(specs):
+        if isinstance(spec, Mapping):
+            tasks.append(AuxTask(**checked_fields(AuxTask, spec, "auxiliary task setting")))
+            continue
+        task = parse_aux(spec)
+        weight = weights[index if len(weights) > 1 else 0] if weights else task.weight
+        columns = tuple(text_columns) if text_columns else None
+        tasks.append(replace(task, weight=weight, text_columns=columns, label_column=label_column))
+    return tuple(task.validate() for task in tasks)
 
 
 @dataclass(frozen=True)
@@ -316,42 +341,11 @@ class TransferConfig:
         return cls(**checked_fields(cls, values, "transfer setting")).validate()
 
 
-def check_keys(values: Mapping[str, Any], known: list[str], what: str) -> None:
-    """Reject unknown keys, naming the nearest valid one."""
-    for key in values:
-        if key not in known:
-            near = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(known)}"
-            raise SpruceError(f"unknown {what} '{key}'", hint)
-
-
-# The ``spruce prune`` options each coupling ignores (see TransferConfig.canonical).
-_IGNORED_OPTIONS = {
-    "none": ("aux", "aux-weight", "aux-ratio", "aux-steps", "aux-schedule", "transfer",
-             "tie-strength", "aux-text-columns", "aux-label-column", "aux-batch-size",
-             "mlm-probability", "aux-augment", "aux-select", "aux-distill-layers"),
-    "sequential": ("aux-schedule", "tie-strength"),
-    "joint": ("aux-steps", "tie-strength"),
-    "tied": ("aux-steps", "transfer"),
+# The TransferConfig settings each coupling ignores (see TransferConfig.canonical).
+IGNORED_BY_COUPLING = {
+    "none": ("aux", "aux_ratio", "aux_steps", "schedule", "transfer", "tie_strength",
+             "aux_batch_size", "mlm_probability", "augment", "select", "distill_layers"),
+    "sequential": ("schedule", "tie_strength"),
+    "joint": ("aux_steps", "tie_strength"),
+    "tied": ("aux_steps", "transfer"),
 }  # fmt: skip
-
-
-def canonical_prune_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``spruce prune`` options (names without ``--``) minus those the run's coupling
-    ignores: a grid over couplings x transfers x schedules then runs each distinct
-    behaviour once (``none`` once per seed, not once per transfer and schedule). The
-    coupling left out is the CLI's: joint with ``aux``; without, the recipe chooses, and
-    under any recipe but ``plain`` (pipelines/recipe.py) every option may apply."""
-    coupling = options.get("coupling")
-    if coupling is None and options.get("aux"):
-        coupling = DEFAULT_WITH_AUX["coupling"]
-    if coupling is None:
-        if options.get("recipe") != "plain":
-            return dict(options)
-        coupling = "none"
-    coupling = str(coupling)
-    ignored = _IGNORED_OPTIONS.get(coupling, ())
-    kept = {key: value for key, value in options.items() if key not in ignored}
-    if coupling == "joint" and kept.get("transfer") == "masks":
-        kept["transfer"] = "both"  # joint shares the encoder either way: both = shared gates
-    return kept
