@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/python -m ruff check spruce tests bench
+# The layers of pyproject.toml's [tool.importlinter]: no upward imports, no circles.
+.venv/bin/lint-imports --no-cache
 .venv/bin/python -m pytest "$@"

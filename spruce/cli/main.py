@@ -19,13 +19,12 @@ from spruce.train.interrupt import (
     raise_interrupted,
     restore_handler,
 )
+from spruce.version import __version__
 
 
 def build_parser() -> Parser:
-    import spruce
-
     parser = Parser(prog="spruce", description="Small, fast, task-specific encoders.")
-    parser.add_argument("--version", action="version", version=f"spruce {spruce.__version__}")
+    parser.add_argument("--version", action="version", version=f"spruce {__version__}")
     subparsers = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )

@@ -12,7 +12,6 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-import spruce
 from spruce.config import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
@@ -37,6 +36,7 @@ from spruce.train import TrainConfig, evaluate, seed_everything
 from spruce.train.checkpoint import DEFAULT_EVERY_STEPS, Checkpointer, checkpoint_dir
 from spruce.train.distributed import context
 from spruce.utils.atomic import check_output_dir
+from spruce.version import __version__
 
 
 @dataclass
@@ -261,7 +261,7 @@ def report_header(
     """The keys every report.json starts with."""
     report_split = "test" if "test" in split_metrics else "validation"
     return {
-        "spruce_version": spruce.__version__,
+        "spruce_version": __version__,
         "command": command,
         "task": task.name,
         "model": source,
