@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from spruce.criteria import CRITERIA
 from spruce.errors import SpruceError
 from spruce.vision import (
-    CHANNEL_CRITERIA,
     IMAGENET_MEAN,
     IMAGENET_STD,
     EfficientNetLite,
@@ -28,6 +28,7 @@ from spruce.vision import (
     prune_cnn,
     replay_pruning,
 )
+from spruce.vision.pruner import image_batches, image_loss
 
 REPO = Path(__file__).resolve().parents[1]
 SPARSITY_TOLERANCE = 0.03
@@ -188,15 +189,15 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(images[:4], labels[:4]), (images[4:], labels[4:])]
 
 
-@pytest.mark.parametrize("name", sorted(CHANNEL_CRITERIA))
+@pytest.mark.parametrize("name", sorted(CRITERIA))
 def test_each_criterion_scores_every_channel_of_every_group(name, batches):
     model = _toy_net()
     groups = channel_groups(build_graph(model, batches[0][0][:1]), [model.classifier])
     assert len(groups) >= 5
-    criterion = CHANNEL_CRITERIA[name]()
-    criterion.prepare(model, batches)
+    criterion = CRITERIA[name]()
+    criterion.prepare(model, image_batches(batches), loss_fn=image_loss)
     for group in groups:
-        scores = criterion(group)
+        scores = criterion.group_scores(group)
         assert scores.shape == (len(group[0].idxs),)
         assert torch.isfinite(scores).all() and (scores >= 0).all()
 
@@ -207,12 +208,11 @@ def test_masked_channels_equal_the_physically_pruned_model(name, global_ranking,
     model = _toy_net()
     images = torch.cat([b[0] for b in batches])
     groups = channel_groups(build_graph(model, images[:1]), [model.classifier])
-    criterion = CHANNEL_CRITERIA[name]()
-    criterion.prepare(model, batches)
+    criterion = CRITERIA[name]()
+    criterion.prepare(model, image_batches(batches), loss_fn=image_loss)
     base = prunable_parameter_count(model, [model.classifier])
-    plan = plan_pruning(
-        groups, [criterion(g) for g in groups], base // 2, [model.classifier], global_ranking
-    )
+    scores = [criterion.group_scores(g) for g in groups]
+    plan = plan_pruning(groups, scores, base // 2, [model.classifier], global_ranking)
     assert sum(len(remove) for _, remove in plan) > 10
     with torch.no_grad(), mask_channels(plan):
         masked = model(images)

@@ -11,8 +11,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spruce.adapters import AdapterConfig, find_adapters
+from spruce.criteria import CRITERIA
 from spruce.errors import SpruceError
-from spruce.vision import CHANNEL_CRITERIA, EfficientNetLite, StageSpec, load_cnn
+from spruce.vision import EfficientNetLite, StageSpec, load_cnn
 from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
 from spruce.vision.adapt_model import (
     adapt_cnn,
@@ -132,7 +133,7 @@ def _prune(model: nn.Module, data, criteria=("taylor", "lrp"), targets=(0.3, 0.6
     """Progressive: each round scores with the previous masks in place, then grows the plan."""
     head, plan = classifier_name(model), ChannelPlan()
     for name, target in zip(criteria, targets, strict=True):
-        step = extend_plan(model, plan, data, CHANNEL_CRITERIA[name](), target, data[0][0], [head])
+        step = extend_plan(model, plan, data, CRITERIA[name](), target, data[0][0], [head])
         assert all(set(g.remove) <= set(step.plan.removed(g.root)) for g in plan.groups)
         assert abs(step.sparsity - target) <= 0.08
         plan = step.plan
@@ -294,9 +295,7 @@ def test_efficientnet_lite0_masked_equals_fused_and_reloads(tmp_path):
     adapt_cnn(model, AdapterConfig(kind="splora", rank=4), head)
     _perturb(model, seed=0, scale=0.02)  # trained adapters are small changes
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    step = extend_plan(
-        model, ChannelPlan(), [], CHANNEL_CRITERIA["weight"](), 0.5, images[:1], [head]
-    )
+    step = extend_plan(model, ChannelPlan(), [], CRITERIA["weight"](), 0.5, images[:1], [head])
     apply_channel_plan(model, step.plan)
     fused, history = fuse_pruned(model, step.plan, images[:1], [head])
     with torch.no_grad():

@@ -1,7 +1,8 @@
-"""Importance criteria for structured units (heads, FFN neurons), one small class each."""
+"""Importance criteria for structured units (heads, FFN neurons, CNN channels), one small
+class each."""
 
-from spruce.criteria.base import Importance
-from spruce.criteria.gradient import GradientImportance, TaylorImportance, accumulate_gradients
+from spruce.criteria.base import Importance, accumulate_gradients
+from spruce.criteria.gradient import GradientImportance, TaylorImportance
 from spruce.criteria.lrp import LRPImportance
 from spruce.criteria.magnitude import WeightImportance
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 import torch
-from transformers import PreTrainedModel
 
 from spruce.criteria.base import Importance
 
@@ -34,29 +31,3 @@ class TaylorImportance(Importance):
 
     def reduce(self, summed: torch.Tensor) -> torch.Tensor:
         return summed.abs()
-
-
-def accumulate_gradients(
-    model: PreTrainedModel,
-    batches: Iterable[dict[str, torch.Tensor]],
-    device: torch.device | str = "cpu",
-    max_batches: int | None = None,
-    loss_fn: Callable[[PreTrainedModel, dict[str, torch.Tensor]], torch.Tensor] | None = None,
-) -> int:
-    """Sum the gradients of the task loss over ``batches`` into ``.grad``; returns the count.
-
-    Dropout is off (eval mode) so that the scores do not depend on the dropout draw.
-    """
-    was_training = model.training
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    count = 0
-    for batch in batches:
-        if max_batches is not None and count >= max_batches:
-            break
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
-        loss.backward()
-        count += 1
-    model.train(was_training)
-    return count

@@ -42,6 +42,23 @@ class LRPImportance(Importance):
     def __init__(self) -> None:
         self._heads: list[torch.Tensor] | None = None
         self._neurons: list[torch.Tensor] | None = None
+        self._channels = None  # a CNN's (spruce.criteria.channels.ChannelRelevance)
+
+    def prepare(self, model, batches, *, device="cpu", max_batches=None, loss_fn=None) -> None:
+        """Relevances over ``batches``: of an encoder's units (:meth:`accumulate`), or of a
+        CNN's channels, whose batches hold ``images`` and ``labels``."""
+        if hasattr(model, "config"):
+            self.accumulate(model, batches, device, max_batches)
+            return
+        from spruce.criteria.channels import ChannelRelevance
+
+        self._channels = ChannelRelevance()
+        self._channels.accumulate(model, batches, device, max_batches)
+
+    def group_scores(self, group) -> torch.Tensor:
+        if self._channels is None:
+            raise ValueError("criterion 'lrp' needs relevances: call prepare(model, batches)")
+        return self._channels.group_scores(group)
 
     def element_scores(self, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError("LRP scores activations, not weights; see accumulate()")

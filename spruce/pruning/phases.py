@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
 from spruce.compact import apply_masks
-from spruce.criteria import CRITERIA, accumulate_gradients
+from spruce.criteria import CRITERIA
 from spruce.masks import UnitMasks
 from spruce.masks.accounting import expected_sparsity
 from spruce.masks.control import SparsityController, SparsityStep, make_optimizers
@@ -309,16 +309,13 @@ def score_and_prune(
             view = scoring_context(model) if scoring_context else contextlib.nullcontext()
             masked = current is not None
             with view, apply_masks(model, current) if masked else contextlib.nullcontext():
-                if scorer.needs_gradients:
-                    accumulate_gradients(
-                        model,
-                        loader,
-                        device,
-                        max_batches=GRADIENT_BATCHES,
-                        loss_fn=lambda m, b: base_loss(m, b)[0],
-                    )
-                if getattr(scorer, "needs_relevance", False):
-                    scorer.accumulate(model, loader, device, max_batches=GRADIENT_BATCHES)
+                scorer.prepare(
+                    model,
+                    loader,
+                    device=device,
+                    max_batches=GRADIENT_BATCHES,
+                    loss_fn=lambda m, b: base_loss(m, b)[0],
+                )
                 scores = scorer(model)
                 model.zero_grad(set_to_none=True)
             target = prune.target_sparsity * round_index / prune.prune_rounds

@@ -1,21 +1,13 @@
-"""CNN support: image data, pre-trained CNNs, channel importance and progressive pruning.
+"""CNN support: image data, pre-trained CNNs and progressive channel pruning.
 
 Data flows one way, as for the transformers: :func:`load_images` -> :func:`load_cnn` ->
-a channel criterion (:data:`CHANNEL_CRITERIA`) -> :func:`prune_cnn`, which uses
-torch-pruning's dependency graph for the coupled channels and the physical removal.
+a criterion of :data:`spruce.criteria.CRITERIA` (the same classes score transformer
+units and channel groups) -> :func:`prune_cnn`, which uses torch-pruning's dependency
+graph for the coupled channels and the physical removal.
 :class:`CNNTaskBank` serves many adapted image tasks from one base CNN.
 """
 
 from spruce.vision.bank import CNNTaskBank
-from spruce.vision.channels import (
-    CHANNEL_CRITERIA,
-    ChannelGradientImportance,
-    ChannelImportance,
-    ChannelLRPImportance,
-    ChannelTaylorImportance,
-    ChannelWeightImportance,
-    accumulate_cnn_gradients,
-)
 from spruce.vision.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, load_images
 from spruce.vision.efficientnet_lite import EfficientNetLite, StageSpec
 from spruce.vision.models import CNN_NAMES, classifier_of, input_normalization, load_cnn
@@ -33,22 +25,15 @@ from spruce.vision.pruner import (
 )
 
 __all__ = [
-    "CHANNEL_CRITERIA",
     "CNN_NAMES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CNNPruneResult",
     "CNNTaskBank",
-    "ChannelGradientImportance",
-    "ChannelImportance",
-    "ChannelLRPImportance",
-    "ChannelTaylorImportance",
-    "ChannelWeightImportance",
     "EfficientNetLite",
     "ImageDataset",
     "RoundReport",
     "StageSpec",
-    "accumulate_cnn_gradients",
     "apply_plan",
     "build_graph",
     "channel_groups",

@@ -43,6 +43,7 @@ from safetensors.torch import save
 from torch import nn
 from torch.utils.data import DataLoader
 
+from spruce.criteria import CRITERIA
 from spruce.errors import SpruceError
 from spruce.pipelines.common import open_checkpoint
 from spruce.report.writer import write_report
@@ -68,7 +69,6 @@ from spruce.vision.artifacts import (
     save_task,
     task_statistics,
 )
-from spruce.vision.channels import CHANNEL_CRITERIA
 from spruce.vision.config import CNNAdaptConfig
 from spruce.vision.data import ImageDataset, load_images
 from spruce.vision.masking import (
@@ -104,7 +104,7 @@ def _prune_rounds(
         target = config.target_sparsity * r / config.rounds
 
         def score(plan: ChannelPlan = plan, target: float = target) -> dict[str, Any]:
-            criterion = CHANNEL_CRITERIA[config.criterion]()
+            criterion = CRITERIA[config.criterion]()
             step = extend_plan(
                 model, plan, score_loader, criterion, target, example, [head],
                 max_batches=config.score_batches,

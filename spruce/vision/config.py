@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from spruce.adapters import AdapterConfig
+from spruce.criteria import CRITERIA
 from spruce.errors import SpruceError
 from spruce.train.checkpoint import DEFAULT_EVERY_STEPS
-from spruce.vision.channels import CHANNEL_CRITERIA
 
 # Settings of one attempt at a run (checkpointing may be switched or tuned from one attempt
 # to the next): in neither the report nor the checkpoint's fingerprint.
@@ -71,10 +71,10 @@ class CNNAdaptConfig:
     checkpoint_steps: int = DEFAULT_EVERY_STEPS
 
     def validate(self) -> CNNAdaptConfig:
-        if self.criterion not in CHANNEL_CRITERIA:
+        if self.criterion not in CRITERIA:
             raise SpruceError(
                 f"unknown channel criterion '{self.criterion}'",
-                f"use one of {', '.join(CHANNEL_CRITERIA)}",
+                f"use one of {', '.join(CRITERIA)}",
             )
         if self.adapter not in ("splora", "sppara"):
             raise SpruceError(f"CNN adapter '{self.adapter}' is not known", "use splora or sppara")

@@ -35,14 +35,17 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from spruce.adapters import SPAdapterLayer, find_adapters
+from spruce.criteria import Importance
 from spruce.errors import SpruceError
-from spruce.vision.channels import Batch, ChannelImportance
 from spruce.vision.pruner import (
+    Batch,
     Plan,
     _ParameterCounter,
     apply_plan,
     build_graph,
     channel_groups,
+    image_batches,
+    image_loss,
     mask_channels,
     plan_pruning,
     prunable_parameter_count,
@@ -328,7 +331,7 @@ def extend_plan(
     model: nn.Module,
     plan: ChannelPlan,
     batches: Iterable[Batch],
-    criterion: ChannelImportance,
+    criterion: Importance,
     target_sparsity: float,
     example: Tensor,
     ignored: Sequence[str],
@@ -348,10 +351,12 @@ def extend_plan(
     base = prunable_parameter_count(plain, ignored_layers)
     with mask_channels(plan.to_tp(groups)):
         if criterion.needs_data:
-            criterion.prepare(plain, batches, max_batches=max_batches)
+            criterion.prepare(
+                plain, image_batches(batches), max_batches=max_batches, loss_fn=image_loss
+            )
         scores = []
         for root, group in groups.items():
-            score = criterion(group).clone().double()
+            score = criterion.group_scores(group).clone().double()
             score[plan.removed(root)] = -1.0  # criteria are non-negative: these go first
             scores.append(score)
     plain.zero_grad(set_to_none=True)

@@ -4,7 +4,8 @@ torch-pruning's dependency graph finds the coupled channel groups (residual sums
 depthwise convs, BatchNorm, concatenations) and performs the physical removal; this
 module decides how many channels each round removes so that the *parameters* of the
 prunable conv/linear layers shrink to the requested fraction, and keeps the criteria
-(:mod:`spruce.vision.channels`) separate from the schedule.
+(:mod:`spruce.criteria`, the same classes that score transformer units) separate from
+the schedule.
 
 Sparsity counts the weights and biases of every ``Conv*d``/``Linear`` layer outside
 ``ignored_layers`` (BatchNorm and the ignored classifier are not counted). Channels come
@@ -21,19 +22,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from spruce.criteria import CRITERIA, Importance
+from spruce.criteria.channels import OUT_FNS, WEIGHT_OUT_FNS, group_size
 from spruce.errors import SpruceError
-from spruce.vision.channels import (
-    CHANNEL_CRITERIA,
-    OUT_FNS,
-    WEIGHT_OUT_FNS,
-    Batch,
-    ChannelImportance,
-    group_size,
-)
 from spruce.vision.models import classifier_of
+
+Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
+"""``(images, labels)``, or a dict of ``images`` and ``labels`` (what criteria read)."""
 
 Plan = list[tuple[tp.Group, list[int]]]
 """Per group, the root-order indices of the channels to remove."""
@@ -59,6 +58,17 @@ class CNNPruneResult:
     sparsity: float
     rounds: list[RoundReport] = field(default_factory=list)
     history: list[list] = field(default_factory=list)
+
+
+def image_batches(batches: Iterable[Batch]) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches as the criteria read them: dicts of ``images`` and ``labels``."""
+    for batch in batches:
+        yield batch if isinstance(batch, dict) else {"images": batch[0], "labels": batch[1]}
+
+
+def image_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The classification loss gradient criteria differentiate."""
+    return F.cross_entropy(model(batch["images"]), batch["labels"].long())
 
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
@@ -186,7 +196,7 @@ def apply_plan(plan: Plan) -> int:
 def prune_cnn(
     model: nn.Module,
     loader: Iterable[Batch],
-    criterion: str | ChannelImportance,
+    criterion: str | Importance,
     target_sparsity: float,
     rounds: int = 1,
     finetune_fn: Callable[[nn.Module], object] | None = None,
@@ -209,23 +219,26 @@ def prune_cnn(
     if rounds < 1:
         raise SpruceError(f"rounds must be at least 1, got {rounds}")
     if isinstance(criterion, str):
-        if criterion not in CHANNEL_CRITERIA:
+        if criterion not in CRITERIA:
             raise SpruceError(
                 f"unknown channel criterion '{criterion}'",
-                f"use one of {', '.join(CHANNEL_CRITERIA)}",
+                f"use one of {', '.join(CRITERIA)}",
             )
-        criterion = CHANNEL_CRITERIA[criterion]()
+        criterion = CRITERIA[criterion]()
     ignored = list(ignored_layers) if ignored_layers is not None else [classifier_of(model)]
     device = device or next(model.parameters()).device
-    example = next(iter(loader))[0][:1].to(device)
+    example = next(image_batches(loader))["images"][:1].to(device)
     base = prunable_parameter_count(model, ignored)
     result = CNNPruneResult(base_parameters=base, parameters=base, sparsity=0.0)
     for r in range(1, rounds + 1):
         graph = build_graph(model, example)
         groups = channel_groups(graph, ignored)
         if criterion.needs_data:
-            criterion.prepare(model, loader, device=device, max_batches=max_batches)
-        scores = [criterion(group) for group in groups]
+            criterion.prepare(
+                model, image_batches(loader), device=device, max_batches=max_batches,
+                loss_fn=image_loss,
+            )  # fmt: skip
+        scores = [criterion.group_scores(group) for group in groups]
         model.zero_grad(set_to_none=True)
         target = target_sparsity * r / rounds
         plan = plan_pruning(groups, scores, round(base * (1 - target)), ignored, global_ranking)
