@@ -12,6 +12,7 @@ from PIL import Image
 
 from spruce.criteria import CRITERIA
 from spruce.errors import SpruceError
+from spruce.units.channel_groups import image_batches, image_loss
 from spruce.vision import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -28,7 +29,6 @@ from spruce.vision import (
     prune_cnn,
     replay_pruning,
 )
-from spruce.vision.pruner import image_batches, image_loss
 
 REPO = Path(__file__).resolve().parents[1]
 SPARSITY_TOLERANCE = 0.03

@@ -13,6 +13,14 @@ from torch import nn
 from spruce.adapters import AdapterConfig, find_adapters
 from spruce.criteria import CRITERIA
 from spruce.errors import SpruceError
+from spruce.units.channel_masks import (
+    ChannelPlan,
+    active_masks,
+    apply_channel_plan,
+    extend_plan,
+    fuse_pruned,
+    merged_copy,
+)
 from spruce.vision import EfficientNetLite, StageSpec, load_cnn
 from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
 from spruce.vision.adapt_model import (
@@ -29,14 +37,6 @@ from spruce.vision.artifacts import (
     save_compact,
     save_task,
     task_statistics,
-)
-from spruce.vision.masking import (
-    ChannelPlan,
-    active_masks,
-    apply_channel_plan,
-    extend_plan,
-    fuse_pruned,
-    merged_copy,
 )
 
 TOLERANCE = 1e-4

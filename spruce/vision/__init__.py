@@ -7,22 +7,20 @@ graph for the coupled channels and the physical removal.
 :class:`CNNTaskBank` serves many adapted image tasks from one base CNN.
 """
 
-from spruce.vision.bank import CNNTaskBank
-from spruce.vision.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, load_images
-from spruce.vision.efficientnet_lite import EfficientNetLite, StageSpec
-from spruce.vision.models import CNN_NAMES, classifier_of, input_normalization, load_cnn
-from spruce.vision.pruner import (
-    CNNPruneResult,
-    RoundReport,
+from spruce.units.channel_groups import (
     apply_plan,
     build_graph,
     channel_groups,
     mask_channels,
     plan_pruning,
     prunable_parameter_count,
-    prune_cnn,
     replay_pruning,
 )
+from spruce.vision.bank import CNNTaskBank
+from spruce.vision.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, load_images
+from spruce.vision.efficientnet_lite import EfficientNetLite, StageSpec
+from spruce.vision.models import CNN_NAMES, classifier_of, input_normalization, load_cnn
+from spruce.vision.pruner import CNNPruneResult, RoundReport, prune_cnn
 
 __all__ = [
     "CNN_NAMES",

@@ -17,7 +17,7 @@
 
 Pruning is progressive: ``rounds`` times, score the channels on a plain merged copy with
 the current masks, extend the channel plan to ``target * round / rounds`` of the prunable
-parameters, mask it on the live model (:mod:`spruce.vision.masking`) and fine-tune
+parameters, mask it on the live model (:mod:`spruce.units.channel_masks`) and fine-tune
 ``epochs_per_round``; then a final fine-tune of ``epochs``. At the end the merged copy is
 pruned physically with the same plan (the fused model, saved as safetensors + JSON and
 ONNX), and in adapt mode the task alone is saved as ``task.safetensors`` + ``task.json``.
@@ -49,6 +49,15 @@ from spruce.pipelines.common import open_checkpoint
 from spruce.report.writer import write_report
 from spruce.train.checkpoint import Checkpointer, phase_checkpoint, remember
 from spruce.train.seeding import seed_everything
+from spruce.units.channel_groups import prunable_parameter_count
+from spruce.units.channel_masks import (
+    ChannelPlan,
+    PlanStep,
+    active_masks,
+    apply_channel_plan,
+    extend_plan,
+    fuse_pruned,
+)
 from spruce.utils.atomic import check_output_dir, staged_output_dir
 from spruce.utils.fields import at_defaults
 from spruce.vision.adapt_model import (
@@ -71,17 +80,8 @@ from spruce.vision.artifacts import (
 )
 from spruce.vision.config import CNNAdaptConfig
 from spruce.vision.data import ImageDataset, load_images
-from spruce.vision.masking import (
-    ChannelPlan,
-    PlanStep,
-    active_masks,
-    apply_channel_plan,
-    extend_plan,
-    fuse_pruned,
-)
 from spruce.vision.measure import cnn_flops, cnn_latency_ms
 from spruce.vision.models import input_normalization, load_cnn
-from spruce.vision.pruner import prunable_parameter_count
 
 
 def _prune_rounds(

@@ -19,11 +19,11 @@ from spruce.adapters import (
 )
 from spruce.train import TrainConfig, Trainer
 from spruce.train.resume import TrainerCheckpoint
-from spruce.vision.efficientnet_lite import SameConv2d
-from spruce.vision.masking import (
+from spruce.units.channel_masks import (
     ChannelMasks,
     _Plumbing,
 )
+from spruce.vision.efficientnet_lite import SameConv2d
 from spruce.vision.models import classifier_of
 
 

@@ -18,15 +18,15 @@ from torch import nn
 
 from spruce.adapters import adapter_state, find_adapters, load_adapter_state
 from spruce.errors import SpruceError
-from spruce.utils.atomic import usual_permissions
-from spruce.vision.masking import (
+from spruce.units.channel_groups import replay_pruning
+from spruce.units.channel_masks import (
     ChannelMasks,
     ChannelPlan,
     active_masks,
     apply_channel_plan,
 )
+from spruce.utils.atomic import usual_permissions
 from spruce.vision.models import load_cnn
-from spruce.vision.pruner import replay_pruning
 
 TASK_WEIGHTS, TASK_META = "task.safetensors", "task.json"
 TASK_FORMAT = "spruce-cnn-task/1"
@@ -255,7 +255,7 @@ def save_fused(
     directory: str | Path,
     meta: dict[str, Any],
 ) -> Path:
-    """:func:`save_compact` of ``fused`` (:func:`~spruce.vision.masking.fuse_pruned` of
+    """:func:`save_compact` of ``fused`` (:func:`~spruce.units.channel_masks.fuse_pruned` of
     ``adapted``, which gave ``history``) with what :func:`load_compact` needs to rebuild it."""
     meta = {**meta, "history": history, "added_biases": added_biases(adapted)}
     return save_compact(fused, Path(directory), meta)

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from spruce.adapters import AdapterConfig
 from spruce.adapters.bank import TaskBankBase
 from spruce.errors import SpruceError
+from spruce.units.channel_masks import fuse_pruned
 from spruce.vision.adapt_model import adapt_cnn, classifier_name
 from spruce.vision.artifacts import TASK_META, CNNTask, apply_task, read_task, save_fused
-from spruce.vision.masking import fuse_pruned
 from spruce.vision.models import load_cnn
 
 # What a bank needs from task.json beyond what load_task needs (spruce adapt writes all).

@@ -13,13 +13,14 @@ either
   the removed output channels, and a consumer of removed channels a forward pre-hook
   zeroing those inputs; or
 * **removed** from a fresh merged copy by torch-pruning (:func:`fuse_pruned`), giving the
-  compact plain CNN plus the pruning history that :func:`~spruce.vision.replay_pruning`
-  needs to rebuild it.
+  compact plain CNN plus the pruning history that
+  :func:`~spruce.units.channel_groups.replay_pruning` needs to rebuild it.
 
 In eval mode both compute the same function (the tests hold them to 1e-4), as long as the
-activations map 0 to 0 (ReLU, ReLU6, SiLU), which is what :func:`spruce.vision.mask_channels`
-assumes too. Plans live in the *dense* channel numbering, so progressive rounds extend one
-plan instead of renumbering channels after every physical removal.
+activations map 0 to 0 (ReLU, ReLU6, SiLU), which is what
+:func:`~spruce.units.channel_groups.mask_channels` assumes too. Plans live in the *dense*
+channel numbering, so progressive rounds extend one plan instead of renumbering channels
+after every physical removal.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from spruce.adapters import SPAdapterLayer, find_adapters
 from spruce.criteria import Importance
 from spruce.errors import SpruceError
-from spruce.vision.pruner import (
+from spruce.units.channel_groups import (
     Batch,
     Plan,
     _ParameterCounter,
@@ -377,7 +378,8 @@ def fuse_pruned(
     """The compact plain CNN: merged copy of ``model`` with ``plan`` removed physically.
 
     Returns it with torch-pruning's history (one round), which
-    :func:`~spruce.vision.replay_pruning` replays on a fresh dense model of the same kind.
+    :func:`~spruce.units.channel_groups.replay_pruning` replays on a fresh dense model of
+    the same kind.
     """
     compact = merged_copy(model)
     graph, groups = named_groups(compact, example, [compact.get_submodule(n) for n in ignored])
