@@ -144,6 +144,8 @@ def defaults_from_config(config: Any, prefix: str = "") -> dict[str, Any]:
         declared = field.metadata.get("setting")
         if "section" in field.metadata:
             found.update(defaults_from_config(getattr(config, field.name), path + "."))
+        elif "in_memory" in field.metadata:
+            continue
         elif declared is None or not declared.runtime:
             found[path] = getattr(config, field.name)
     return found

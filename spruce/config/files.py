@@ -21,11 +21,12 @@ Config = TypeVar("Config")
 
 
 def to_config(config: Any) -> dict[str, Any]:
-    """The config tree ``config`` as JSON-ready values, without its runtime settings."""
+    """The config tree ``config`` as JSON-ready values, without its runtime settings and
+    what a Python caller held in memory (see :func:`spruce.config.in_memory`)."""
     values = {}
     for field in dataclasses.fields(config):
         declared = field.metadata.get("setting")
-        if declared is not None and declared.runtime:
+        if (declared is not None and declared.runtime) or "in_memory" in field.metadata:
             continue
         values[field.name] = _plain(getattr(config, field.name))
     return values

@@ -115,6 +115,13 @@ def section(config_class: type, title: str, *, required: bool = False) -> Any:
 REQUIRED: Any = dataclasses.MISSING
 
 
+def in_memory(help: str) -> Any:
+    """A field holding objects that live only in the Python process (tables handed to
+    ``spruce.prune(train=rows)``): no command-line option, not in config files or the
+    report's ``config`` block, not compared; ``None`` unless a Python caller sets it."""
+    return dataclasses.field(default=None, compare=False, repr=False, metadata={"in_memory": help})
+
+
 def comma_names(text: str) -> tuple[str, ...]:
     """``"a, b"`` -> ``("a", "b")``: column and label lists on the command line."""
     names = tuple(part.strip() for part in text.split(","))

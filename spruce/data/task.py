@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 
-from spruce.config import POSITIVE, REQUIRED, check_settings, comma_names, setting
+from spruce.config import POSITIVE, REQUIRED, check_settings, comma_names, in_memory, setting
 from spruce.data.columns import ColumnSpec, infer_label_names, resolve_columns, to_canonical
+from spruce.data.memory import IN_MEMORY_TASK_NAME, is_in_memory
 from spruce.data.readers import read_table
 from spruce.data.sampling import stratified_sample
-from spruce.data.unlabelled import TextColumnsError, read_texts_like
+from spruce.data.unlabelled import TextColumnsError, read_texts_like, texts_like
 from spruce.errors import SpruceError
 
 
@@ -71,9 +73,27 @@ class TaskDataConfig:
         "that --max-train-samples leaves unlabelled",
         metavar="FILE",
     )
+    # Splits a Python caller gave as rows (spruce.api), by name (train, validation, test,
+    # unlabelled), read instead of the split's path, which then holds their marker.
+    tables: Mapping[str, datasets.Dataset] | None = in_memory("in-memory splits")
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+    def read(self, split: str) -> datasets.Dataset:
+        """The raw table of ``split`` (train, validation or test): the one held in memory,
+        else the file (or hub dataset) its setting names."""
+        held = (self.tables or {}).get(split)
+        if held is not None:
+            return held
+        source = getattr(self, split)
+        if is_in_memory(source):
+            raise SpruceError(
+                f"the {split} data {source} was given in memory to a Python call, and a rerun "
+                "cannot read it again",
+                f"give the {split} data again (a file, or the rows in Python)",
+            )
+        return read_table(source, split=split)
 
 
 @dataclass
@@ -113,7 +133,7 @@ def task_name_from_path(path: str) -> str:
 
 def load_task(config: TaskDataConfig) -> TaskData:
     """Read, check and sample the task's splits."""
-    raw_train = read_table(config.train, split="train")
+    raw_train = config.read("train")
     columns = resolve_columns(raw_train, config.text_columns, config.label_column, config.train)
     label_names = _label_names(config, raw_train, columns)
     if len(label_names) < 2:
@@ -139,7 +159,8 @@ def load_task(config: TaskDataConfig) -> TaskData:
     unlabelled = full_train.select(rest).remove_columns("label") if rest else None
     extra = {"unlabelled_from_train": len(rest), "unlabelled_from_file": 0}
     if config.unlabelled:
-        texts = read_unlabelled(config.unlabelled, columns)
+        held = (config.tables or {}).get("unlabelled")
+        texts = read_unlabelled(config.unlabelled, columns, held)
         extra["unlabelled_from_file"] = len(texts)
         unlabelled = (
             texts if unlabelled is None else datasets.concatenate_datasets([unlabelled, texts])
@@ -148,7 +169,7 @@ def load_task(config: TaskDataConfig) -> TaskData:
     def load_eval(path: str | None, split: str, limit: int | None) -> datasets.Dataset | None:
         if path is None:
             return None
-        raw = read_table(path, split=split)
+        raw = config.read(split)
         spec = resolve_columns(
             raw, config.text_columns or columns.text_columns, config.label_column, path
         )
@@ -165,7 +186,7 @@ def load_task(config: TaskDataConfig) -> TaskData:
         return table
 
     return TaskData(
-        name=config.name or task_name_from_path(config.train),
+        name=config.name or _default_name(config.train),
         columns=columns,
         label_names=label_names,
         train=train,
@@ -177,14 +198,30 @@ def load_task(config: TaskDataConfig) -> TaskData:
     )
 
 
-def read_unlabelled(path: str, columns: ColumnSpec) -> datasets.Dataset:
-    """``--unlabelled PATH`` in the canonical form of a task read with ``columns``."""
+def _default_name(train: str) -> str:
+    return IN_MEMORY_TASK_NAME if is_in_memory(train) else task_name_from_path(train)
+
+
+def read_unlabelled(
+    path: str, columns: ColumnSpec, table: datasets.Dataset | None = None
+) -> datasets.Dataset:
+    """``--unlabelled PATH`` in the canonical form of a task read with ``columns``;
+    ``table``: the text held in memory that ``path`` marks."""
     option = f"--unlabelled {path}"
     shape = " and ".join(columns.text_columns)
-    try:
-        texts = read_texts_like(
-            path, columns.text_columns, option=option, columns_option="--text-columns"
+    if table is None and is_in_memory(path):
+        raise SpruceError(
+            f"the unlabelled data {path} was given in memory to a Python call, and a rerun "
+            "cannot read it again",
+            "give the unlabelled data again (a file, or the texts in Python)",
         )
+    try:
+        if table is not None:
+            texts = texts_like(table, columns.text_columns, where=path, option=option)
+        else:
+            texts = read_texts_like(
+                path, columns.text_columns, option=option, columns_option="--text-columns"
+            )
     except TextColumnsError as error:
         raise SpruceError(
             f"{option} does not fit the task's text ({error.problem})",

@@ -101,7 +101,6 @@ def read_texts_like(
     if the file has any, are dropped. ``option`` and ``columns_option`` name the flags in
     errors."""
     pair = len(target_columns) == 2
-    shape = "sentence pairs" if pair else "single texts"
     if Path(path).suffix.lower() in TEXT_SUFFIXES:
         if pair:
             raise TextColumnsError(
@@ -110,19 +109,42 @@ def read_texts_like(
             )
         return read_text_lines(Path(path))
     table = read_table(path, split="train")
+    return texts_like(
+        table,
+        target_columns,
+        text_columns,
+        where=path,
+        option=option,
+        columns_option=columns_option,
+    )
+
+
+def texts_like(
+    table: datasets.Dataset,
+    target_columns: tuple[str, ...],
+    text_columns: tuple[str, ...] | None = None,
+    *,
+    where: str,
+    option: str,
+    columns_option: str = "--text-columns",
+) -> datasets.Dataset:
+    """:func:`read_texts_like` on a table already read (or given in memory): its
+    ``text_columns``, else the task's own column names, else the usual detection."""
+    pair = len(target_columns) == 2
+    shape = "sentence pairs" if pair else "single texts"
     if text_columns:
         columns = list(text_columns)
     elif all(c in table.column_names for c in target_columns):
         columns = list(target_columns)
     else:
-        columns = detected_text_columns(table, pair, path)
+        columns = detected_text_columns(table, pair, where)
     if len(columns) != len(target_columns):
         raise TextColumnsError(
             f"{option} gives {len(columns)} text column(s) ({', '.join(columns)}), "
             f"the task reads {shape}",
             f"pass {columns_option} with {'two' if pair else 'one'} of its columns",
         )
-    texts = canonical_texts(table, columns, path)
+    texts = canonical_texts(table, columns, where)
     if len(texts) == 0:
         raise SpruceError(f"{option} holds no rows", "give a file with at least one text")
     return texts
