@@ -7,7 +7,7 @@ import torch
 
 from spruce.errors import SpruceError
 from spruce.models.structure import EncoderShape
-from spruce.pruning.selection import encoder_weight_count, select_units, unit_costs
+from spruce.units.encoder import encoder_weight_count, select_units, unit_costs
 
 SHAPE = EncoderShape(num_layers=3, hidden_size=16, head_size=4, heads=(4, 4, 4), ffn=(32,) * 3)
 

@@ -7,7 +7,7 @@ and ``t`` the threshold that the step's target sets: the largest-``r`` units tha
 ``1 - target`` of the encoder weights lie above it, the others below. The mask is
 differentiable in the weights, so training moves weights across the threshold, and the
 kept size sits on the ramped target by construction. The final structure keeps the units
-above the threshold at the full target (:func:`~spruce.pruning.selection.select_units`).
+above the threshold at the full target (:func:`~spruce.units.encoder.select_units`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from spruce.masks.accounting import dense_encoder_params, sparsity_from_masks
 from spruce.masks.control import SparsityController
 from spruce.masks.units import UnitMasks
 from spruce.models.structure import EncoderShape, layer_modules
-from spruce.pruning.selection import select_units, unit_costs
+from spruce.units.encoder import select_units, unit_costs
 
 # Width of the soft step in log mean-square: a unit 20% above the threshold keeps about
 # 0.86 of its output, one 20% below about 0.14.

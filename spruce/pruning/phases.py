@@ -11,7 +11,6 @@ fine-tune with the masks applied, and repeat for ``prune_rounds`` rounds.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -20,7 +19,6 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
 from spruce.compact import apply_masks
-from spruce.criteria import CRITERIA
 from spruce.masks import UnitMasks
 from spruce.masks.accounting import expected_sparsity
 from spruce.masks.control import SparsityController, SparsityStep, make_optimizers
@@ -29,16 +27,15 @@ from spruce.masks.switch import GateSwitch
 from spruce.models.structure import encoder_shape
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.pdp import PDPMasks
-from spruce.pruning.selection import select_units
+from spruce.pruning.rounds import ScoreRounds
 from spruce.pruning.trajectory import TrajectoryLog
 from spruce.train import TrainConfig, Trainer, TrainResult
-from spruce.train.checkpoint import Checkpointer, phase_checkpoint, remember
-from spruce.train.distributed import context
+from spruce.train.checkpoint import Checkpointer, phase_checkpoint
 from spruce.train.loop import LossFn
 from spruce.train.resume import Stateful
+from spruce.units.encoder import EncoderUnits, ScoringContext
 
 TARGET = "target"  # name of the target task's gate set
-GRADIENT_BATCHES = 32  # enough batches for stable Taylor scores on a few thousand examples
 
 
 @dataclass
@@ -53,7 +50,6 @@ class PhaseResult:
 
 AuxLoss = Callable[[PreTrainedModel, GateSwitch], tuple[torch.Tensor | None, dict[str, float]]]
 CouplingPenalty = Callable[[EncoderGates, Mapping[str, EncoderGates]], torch.Tensor]
-ScoringContext = Callable[[PreTrainedModel], contextlib.AbstractContextManager]
 
 
 @dataclass
@@ -287,70 +283,45 @@ def score_and_prune(
     checkpoint_modules: Sequence[Stateful] = (),
     wrap_ddp: bool = True,
 ) -> PhaseResult:
-    """Iterative structured pruning by ``prune.method``; one round is one-shot pruning
-    (the final fine-tune of the compact model then recovers accuracy).
+    """Iterative structured pruning by ``prune.method`` (:class:`ScoreRounds` over the
+    encoder's units); one round is one-shot pruning (the final fine-tune of the compact
+    model then recovers accuracy).
 
     ``criterion`` names any entry of :data:`~spruce.criteria.CRITERIA` in place of the
-    method's own; ``scoring_context(model)`` wraps each scoring pass (it is entered before
-    the masks are applied), e.g. to let criteria see adapted weights instead of adapters.
-    With a ``checkpoint``, each round's masks are stored (a resumed run does not score
-    again) and each round's training is a phase ``prune round N``. ``wrap_ddp=False`` is
-    for a ``base_loss`` that runs the encoder directly (see :class:`Trainer`).
+    method's own; ``scoring_context(model)`` wraps each scoring pass (see
+    :class:`EncoderUnits`). With a ``checkpoint``, each round's masks are stored and each
+    round's training is a phase ``prune round N``. ``wrap_ddp=False`` is for a
+    ``base_loss`` that runs the encoder directly (see :class:`Trainer`).
     """
     name = criterion or ("weight" if prune.method == "magnitude" else prune.method)
-    scorer = CRITERIA[name]()
-    shape = encoder_shape(model.config)
     model.to(device)
-    masks: UnitMasks | None = None
-    results = []
-    for round_index in range(1, prune.prune_rounds + 1):
+    units = EncoderUnits(
+        model,
+        loader,
+        device,
+        lambda m, b: base_loss(m, b)[0],
+        size_multiple=prune.size_multiple,
+        scoring_context=scoring_context,
+    )
+    max_steps = prune.prune_max_steps // prune.prune_rounds if prune.prune_max_steps else None
+    config = phase_config(train, prune.prune_epochs / prune.prune_rounds, max_steps)
 
-        def choose(current: UnitMasks | None = masks, round_index: int = round_index) -> dict:
-            view = scoring_context(model) if scoring_context else contextlib.nullcontext()
-            masked = current is not None
-            with view, apply_masks(model, current) if masked else contextlib.nullcontext():
-                scorer.prepare(
-                    model,
-                    loader,
-                    device=device,
-                    max_batches=GRADIENT_BATCHES,
-                    loss_fn=lambda m, b: base_loss(m, b)[0],
-                )
-                scores = scorer(model)
-                model.zero_grad(set_to_none=True)
-            target = prune.target_sparsity * round_index / prune.prune_rounds
-            chosen = select_units(
-                scores, shape, target, current=current, size_multiple=prune.size_multiple
-            )
-            return dict(chosen.items())
+    def train_round(round_index: int) -> TrainResult:
+        return Trainer(
+            model,
+            loader,
+            config,
+            loss_fn=base_loss,
+            extra_optimizers=extra_optimizers,
+            keep_best=False,
+            device=device,
+            progress=progress,
+            description=f"prune ({criterion or prune.method}) round {round_index}",
+            checkpoint=phase_checkpoint(checkpoint, f"prune round {round_index}"),
+            checkpoint_modules=checkpoint_modules,
+            wrap_ddp=wrap_ddp,
+        ).fit()
 
-        # With several processes rank 0 scores (on its shard) and every process takes its
-        # choice, so that all prune the same units.
-        chosen = remember(
-            checkpoint, f"prune round {round_index} masks", lambda c=choose: context().on_main(c)
-        )
-        masks = UnitMasks(**chosen)
-        if round_index < prune.prune_rounds:
-            config = phase_config(
-                train,
-                prune.prune_epochs / prune.prune_rounds,
-                prune.prune_max_steps // prune.prune_rounds if prune.prune_max_steps else None,
-            )
-            with apply_masks(model, masks):
-                trainer = Trainer(
-                    model,
-                    loader,
-                    config,
-                    loss_fn=base_loss,
-                    extra_optimizers=extra_optimizers,
-                    keep_best=False,
-                    device=device,
-                    progress=progress,
-                    description=f"prune ({criterion or prune.method}) round {round_index}",
-                    checkpoint=phase_checkpoint(checkpoint, f"prune round {round_index}"),
-                    checkpoint_modules=checkpoint_modules,
-                    wrap_ddp=wrap_ddp,
-                )
-                results.append(trainer.fit())
-    assert masks is not None
-    return PhaseResult(masks=masks, results=results)
+    rounds = ScoreRounds(name, prune.target_sparsity, prune.prune_rounds)
+    selections, results = rounds.run(units, train_round, checkpoint)
+    return PhaseResult(masks=selections[-1], results=results)

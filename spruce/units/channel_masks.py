@@ -25,9 +25,10 @@ after every physical removal.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -390,3 +391,50 @@ def fuse_pruned(
             "a plan must leave every group at least one channel",
         )
     return compact, [copy.deepcopy(graph.pruning_history())]
+
+
+class ChannelUnits:
+    """The coupled channel groups of a live (adapted) CNN, scored on ``batches`` (at most
+    ``max_batches``) on its merged copy; ``example`` traces the graph, ``ignored`` names
+    the layers whose outputs stay (the classifier). Selections are :class:`PlanStep`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Iterable[Batch],
+        example: Tensor,
+        ignored: Sequence[str],
+        max_batches: int | None = None,
+    ) -> None:
+        self.model, self.batches, self.example = model, batches, example
+        self.ignored, self.max_batches = list(ignored), max_batches
+
+    def choose(
+        self, criterion: Importance, target_sparsity: float, current: PlanStep | None
+    ) -> PlanStep:
+        plan = current.plan if current is not None else ChannelPlan()
+        return extend_plan(
+            self.model, plan, self.batches, criterion, target_sparsity, self.example,
+            self.ignored, max_batches=self.max_batches,
+        )  # fmt: skip
+
+    def encode(self, selection: PlanStep) -> dict[str, Any]:
+        return {
+            "plan": selection.plan.to_json(),
+            "parameters": selection.parameters,
+            "base_parameters": selection.base_parameters,
+        }
+
+    def decode(self, stored: dict[str, Any]) -> PlanStep:
+        plan = ChannelPlan.from_json(stored["plan"])
+        return PlanStep(plan, stored["parameters"], stored["base_parameters"])
+
+    @contextlib.contextmanager
+    def masked(self, selection: PlanStep) -> Iterator[None]:
+        # The plan stays on the live model after the block: the next round scores, and
+        # the final phase trains, under it (apply_channel_plan replaces earlier masks).
+        apply_channel_plan(self.model, selection.plan)
+        yield
+
+    def record_key(self, round_index: int) -> str:
+        return f"round {round_index} plan"

@@ -43,21 +43,14 @@ from safetensors.torch import save
 from torch import nn
 from torch.utils.data import DataLoader
 
-from spruce.criteria import CRITERIA
 from spruce.errors import SpruceError
 from spruce.pipelines.common import open_checkpoint
+from spruce.pruning.rounds import ScoreRounds
 from spruce.report.writer import write_report
-from spruce.train.checkpoint import Checkpointer, phase_checkpoint, remember
+from spruce.train.checkpoint import Checkpointer, phase_checkpoint
 from spruce.train.seeding import seed_everything
 from spruce.units.channel_groups import prunable_parameter_count
-from spruce.units.channel_masks import (
-    ChannelPlan,
-    PlanStep,
-    active_masks,
-    apply_channel_plan,
-    extend_plan,
-    fuse_pruned,
-)
+from spruce.units.channel_masks import ChannelUnits, PlanStep, active_masks, fuse_pruned
 from spruce.utils.atomic import check_output_dir, staged_output_dir
 from spruce.utils.fields import at_defaults
 from spruce.vision.adapt_model import (
@@ -94,42 +87,22 @@ def _prune_rounds(
     phases: list[dict],
     checkpoint: Checkpointer | None,
 ) -> tuple[PlanStep, list[dict]]:
-    """``config.rounds`` of score -> extend the plan -> mask -> fine-tune (not after the last).
+    """``config.rounds`` of score -> extend the plan -> mask -> fine-tune (not after the
+    last), by the schedule the encoders use (:class:`ScoreRounds`) over the CNN's channel
+    groups; the last plan stays masked on ``model``."""
+    units = ChannelUnits(model, score_loader, example, [head], config.score_batches)
+    schedule = ScoreRounds(config.criterion, config.target_sparsity, config.rounds)
 
-    Each round's plan is a checkpoint product: a resumed run masks the plan that the saved
-    weights were trained under instead of scoring again.
-    """
-    plan, rounds = ChannelPlan(), []
-    for r in range(1, config.rounds + 1):
-        target = config.target_sparsity * r / config.rounds
+    def train_round(r: int) -> None:
+        phases.append({"phase": f"round {r}", **fit(config.epochs_per_round, f"round {r}")})
 
-        def score(plan: ChannelPlan = plan, target: float = target) -> dict[str, Any]:
-            criterion = CRITERIA[config.criterion]()
-            step = extend_plan(
-                model, plan, score_loader, criterion, target, example, [head],
-                max_batches=config.score_batches,
-            )  # fmt: skip
-            return {
-                "plan": step.plan.to_json(),
-                "parameters": step.parameters,
-                "base_parameters": step.base_parameters,
-            }
-
-        # Read back from JSON in every run, so a resumed run and an uninterrupted one take
-        # the same path.
-        chosen = remember(checkpoint, f"round {r} plan", score)
-        step = PlanStep(
-            ChannelPlan.from_json(chosen["plan"]), chosen["parameters"], chosen["base_parameters"]
-        )
-        plan = step.plan
-        apply_channel_plan(model, plan)
-        rounds.append(
-            {"round": r, "target_sparsity": target, "sparsity": round(step.sparsity, 6),
-             "channels_removed": plan.channels_removed}
-        )  # fmt: skip
-        if r < config.rounds:
-            phases.append({"phase": f"round {r}", **fit(config.epochs_per_round, f"round {r}")})
-    return step, rounds
+    steps, _ = schedule.run(units, train_round, checkpoint)
+    rounds = [
+        {"round": r, "target_sparsity": schedule.target(r), "sparsity": round(step.sparsity, 6),
+         "channels_removed": step.plan.channels_removed}
+        for r, step in enumerate(steps, start=1)
+    ]  # fmt: skip
+    return steps[-1], rounds
 
 
 def _check_training_classes(train: ImageDataset, config: CNNAdaptConfig) -> None:

@@ -1,17 +1,85 @@
-"""Turn unit importances into binary masks that meet an encoder-sparsity target.
+"""A transformer encoder's prunable units (heads, FFN neurons) for score-based pruning.
 
-Used by the one-shot and iterative baselines (``--method magnitude|taylor``). Units are
-ranked globally by importance per parameter, because a head owns ``4 * D * d`` weights
-and an FFN neuron ``2 * D``: comparing raw sums would always remove neurons first.
+:func:`select_units` turns unit importances into binary masks that meet an
+encoder-sparsity target (the one-shot and iterative baselines, ``--method
+magnitude|taylor``, and PDP's final structure). Units are ranked globally by importance
+per parameter, because a head owns ``4 * D * d`` weights and an FFN neuron ``2 * D``:
+comparing raw sums would always remove neurons first. :class:`EncoderUnits` is the
+:class:`~spruce.units.base.Units` of an encoder.
 """
 
 from __future__ import annotations
 
-import torch
+import contextlib
+from collections.abc import Callable, Iterable
 
+import torch
+from transformers import PreTrainedModel
+
+from spruce.compact import apply_masks
+from spruce.criteria import Importance
+from spruce.criteria.base import Batch, LossFn
 from spruce.errors import SpruceError
 from spruce.masks.units import UnitMasks
-from spruce.models.structure import EncoderShape
+from spruce.models.structure import EncoderShape, encoder_shape
+
+GRADIENT_BATCHES = 32  # enough batches for stable Taylor scores on a few thousand examples
+ScoringContext = Callable[[PreTrainedModel], contextlib.AbstractContextManager]
+
+
+class EncoderUnits:
+    """Heads and FFN neurons of ``model``, scored on ``batches`` (at most
+    ``GRADIENT_BATCHES``) with ``loss_fn``; ``scoring_context(model)`` wraps each scoring
+    pass (entered before the masks), e.g. to let criteria see adapted weights instead of
+    adapters. Selections are :class:`UnitMasks`."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        batches: Iterable[Batch],
+        device: torch.device,
+        loss_fn: LossFn,
+        *,
+        size_multiple: int = 1,
+        scoring_context: ScoringContext | None = None,
+    ) -> None:
+        self.model, self.batches, self.device, self.loss_fn = model, batches, device, loss_fn
+        self.shape = encoder_shape(model.config)
+        self.size_multiple = size_multiple
+        self.scoring_context = scoring_context
+
+    def choose(
+        self, criterion: Importance, target_sparsity: float, current: UnitMasks | None
+    ) -> UnitMasks:
+        view = self.scoring_context(self.model) if self.scoring_context else None
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(view or contextlib.nullcontext())  # before the mask hooks
+            if current is not None:
+                stack.enter_context(apply_masks(self.model, current))
+            criterion.prepare(
+                self.model,
+                self.batches,
+                device=self.device,
+                max_batches=GRADIENT_BATCHES,
+                loss_fn=self.loss_fn,
+            )
+            scores = criterion(self.model)
+            self.model.zero_grad(set_to_none=True)
+        return select_units(
+            scores, self.shape, target_sparsity, current=current, size_multiple=self.size_multiple
+        )
+
+    def encode(self, selection: UnitMasks) -> dict[str, torch.Tensor]:
+        return dict(selection.items())
+
+    def decode(self, stored: dict[str, torch.Tensor]) -> UnitMasks:
+        return UnitMasks(**stored)
+
+    def masked(self, selection: UnitMasks) -> contextlib.AbstractContextManager[None]:
+        return apply_masks(self.model, selection)
+
+    def record_key(self, round_index: int) -> str:
+        return f"prune round {round_index} masks"
 
 
 def unit_costs(shape: EncoderShape) -> dict[str, int]:
