@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from spruce import api
 from spruce.cli import options
 from spruce.errors import SpruceError
 from spruce.models.loading import DEFAULT_MODEL
-from spruce.pipelines.adapt import AdaptRun, run_adapt
+from spruce.pipelines.adapt import AdaptRun, is_image_task
 from spruce.train import TrainConfig
 
 HELP = "structured pruning adapters: prune a frozen encoder or CNN per task, fuse, export"
-# Image tasks: these model names, a .pt/.pth state dict, or .npz / class-folder data.
-CNN_MODELS = ("efficientnet-lite0", "resnet18", "resnet50")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("adapt", help=HELP, description=HELP)
     options.add_run_options(parser, AdaptRun, "adapt", skip=("data.unlabelled",))
     parser.set_defaults(handler=handle)
-
-
-def is_image_task(run: AdaptRun) -> bool:
-    """CNN and image data, or an encoder and text: decided by the model name or the data."""
-    model = str(run.model or "")
-    if model in CNN_MODELS or model.endswith((".pt", ".pth")):
-        return True
-    train = Path(run.data.train)
-    return train.suffix.lower() == ".npz" or (
-        train.is_dir() and any(child.is_dir() for child in train.iterdir())
-    )
 
 
 def handle_image_task(run: AdaptRun) -> int:
@@ -96,7 +83,7 @@ def handle(args: argparse.Namespace) -> int:
     run = options.run_from_args(AdaptRun, args)
     if is_image_task(run):
         return handle_image_task(run)
-    report = run_adapt(run)
+    report = api.adapt(run).report
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items())
     print(
         f"{report['task']} ({report['mode']}, {report['criterion']}): "

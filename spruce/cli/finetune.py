@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from spruce import api
 from spruce.cli import options
-from spruce.pipelines import FinetuneRun, run_finetune
+from spruce.pipelines import FinetuneRun
 
 HELP = "fine-tune a dense encoder on a classification task"
 
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     run = options.run_from_args(FinetuneRun, args)
-    report = run_finetune(run)
+    report = api.finetune(run).report
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items())
     print(
         f"{report['task']}: {report['metrics_split']} {metrics} "

@@ -6,10 +6,11 @@ import argparse
 import sys
 from dataclasses import replace
 
+from spruce import api
 from spruce.cli import options
 from spruce.cli.parsing import name_list, positive_float
 from spruce.errors import SpruceError
-from spruce.pipelines.prune import PruneRun, run_prune
+from spruce.pipelines.prune import PruneRun
 from spruce.transfer.config import DEFAULT_AUX_WEIGHTS, AuxTask, parse_aux
 
 HELP = "structured pruning to a target sparsity, then compaction, export and measurement"
@@ -73,7 +74,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.aux_specs:  # else the --config file's tasks, or none
         setattr(args, "transfer.aux", aux_tasks(args))
     run = options.run_from_args(PruneRun, args)
-    report = run_prune(run)
+    report = api.prune(run).report
     _print_summary(report)
     print(f"wrote {run.out}")
     unused = report.get("unlabelled_examples", 0)

@@ -16,7 +16,6 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -43,6 +42,7 @@ from spruce.pipelines.outputs import (
     save_compact_model,
     write_model_views,
 )
+from spruce.pipelines.result import RunResult, finished
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import PhaseResult, learn_l0_masks, phase_config, score_and_prune
 from spruce.report import write_report
@@ -62,9 +62,11 @@ from spruce.train.checkpoint import Checkpointer, phase_checkpoint
 from spruce.utils.atomic import staged_output_dir
 from spruce.utils.fields import at_defaults
 
-__all__ = ["AdaptConfig", "AdaptRun", "run_adapt"]
+__all__ = ["CNN_MODELS", "AdaptConfig", "AdaptRun", "is_image_task", "run_adapt"]
 
 CHECK_BATCHES = 4  # real batches on which the masked and the fused model are compared
+# Image tasks: these model names, a .pt/.pth state dict, or .npz / class-folder data.
+CNN_MODELS = ("efficientnet-lite0", "resnet18", "resnet50")
 
 
 @dataclass
@@ -79,7 +81,21 @@ class AdaptRun(RunSettings):
             self.adapt.final_epochs = self.train.epochs
 
 
-def run_adapt(run: AdaptRun) -> dict[str, Any]:
+def is_image_task(run: AdaptRun) -> bool:
+    """CNN and image data (spruce.vision.adapt), or an encoder and text (:func:`run_adapt`):
+    decided by the model name or the data."""
+    model = str(run.model or "")
+    if model in CNN_MODELS or model.endswith((".pt", ".pth")):
+        return True
+    train = Path(run.data.train)
+    return train.suffix.lower() == ".npz" or (
+        train.is_dir() and any(child.is_dir() for child in train.iterdir())
+    )
+
+
+def run_adapt(run: AdaptRun) -> RunResult:
+    """Adapt and prune, fuse, evaluate and (with ``out``) write the outputs; returns the
+    fused compact model, its tokenizer and the report."""
     start = time.perf_counter()
     settings = run.adapt.validate()
     # The report's config block, which the checkpoint's fingerprint covers too.
@@ -160,7 +176,7 @@ def run_adapt(run: AdaptRun) -> dict[str, Any]:
     if checkpoint is not None:
         checkpoint.remove()  # --out is complete
     report["wall_time_s"] = round(time.perf_counter() - start, 2)
-    return report
+    return finished(compact, tokenizer, report)
 
 
 def _steps(epochs: float, loader: DataLoader, cap: int | None) -> int:

@@ -109,7 +109,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                 progress=settings.progress,
                 checkpoint_steps=0,  # the demo's output is staged as a whole: nothing to resume
             )
-        )
+        ).report
         hard_ham = evaluate_saved_model(
             staging / "dense", str(data / "test_hard_ham.jsonl"), device=settings.device
         )
@@ -163,7 +163,7 @@ def _pruned_rows(
                 progress=settings.progress,
                 checkpoint_steps=0,
             )
-        )
+        ).report
         hard_ham = evaluate_saved_model(
             staging / name, str(staging / "data" / "test_hard_ham.jsonl"), device=settings.device
         )

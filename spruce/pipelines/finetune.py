@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from spruce.models import encoder_shape, load_classifier
 from spruce.pipelines.common import (
@@ -16,6 +15,7 @@ from spruce.pipelines.common import (
     record_task,
     report_header,
 )
+from spruce.pipelines.result import RunResult, finished
 from spruce.report import count_parameters, plot_learning_curve, write_report
 from spruce.train import Trainer, evaluate
 from spruce.train.checkpoint import phase_checkpoint
@@ -29,8 +29,9 @@ class FinetuneRun(RunSettings):
     """One ``spruce finetune``: the shared run settings, nothing more."""
 
 
-def run_finetune(run: FinetuneRun) -> dict[str, Any]:
-    """Fine-tune, evaluate and (with ``out``) write ``model/``, ``report.json`` and the curve."""
+def run_finetune(run: FinetuneRun) -> RunResult:
+    """Fine-tune, evaluate and (with ``out``) write ``model/``, ``report.json`` and the
+    curve; returns the fine-tuned model, its tokenizer and the report."""
     start = time.perf_counter()
     # The report's config block, which the checkpoint's fingerprint covers too.
     configuration = run.to_config()
@@ -87,4 +88,4 @@ def run_finetune(run: FinetuneRun) -> dict[str, Any]:
     context().barrier()
     if checkpoint is not None:
         checkpoint.remove()  # --out is complete
-    return report
+    return finished(model, tokenizer, report)

@@ -38,6 +38,7 @@ from spruce.pipelines.outputs import (
     write_model_views,
 )
 from spruce.pipelines.recipe import plan_teacher, resolve_recipe
+from spruce.pipelines.result import RunResult, finished
 from spruce.pruning.config import PruneConfig
 from spruce.pruning.phases import (
     learn_l0_masks,
@@ -81,7 +82,9 @@ class PruneRun(RunSettings):
     transfer: TransferConfig = section(TransferConfig, "transfer from auxiliary tasks")
 
 
-def run_prune(run: PruneRun) -> dict[str, Any]:
+def run_prune(run: PruneRun) -> RunResult:
+    """Prune, compact, fine-tune, evaluate and (with ``out``) write the outputs; returns
+    the compact model, its tokenizer (trimmed with ``trim_vocab``) and the report."""
     start = time.perf_counter()
     run.prune.validate()
     run.transfer.validate()
@@ -291,7 +294,7 @@ def run_prune(run: PruneRun) -> dict[str, Any]:
     if checkpoint is not None:
         checkpoint.remove()  # --out is complete
     report["wall_time_s"] = round(time.perf_counter() - start, 2)
-    return report
+    return finished(compact, tokenizer, report)
 
 
 def _steps(epochs: float, max_steps: int | None, loader) -> int:
