@@ -184,15 +184,30 @@ def render_report(
     command: str,
     plots: Sequence[str],
 ) -> str:
-    metric = spec.metric
+    lines = _preamble(spec, results, command)
+    if spec.command != "prune":
+        # How / what / when are questions about spruce prune's transfer settings.
+        lines.extend(_best(spec, configs))
+        lines.extend(_all_configs(spec, configs))
+        return "\n".join(lines)
+    lines.extend(_transfer_questions(spec.metric, results))
+    lines.extend(_best(spec, configs))
+    lines.extend(_plots(plots))
+    lines.extend(_all_configs(spec, configs))
+    lines.extend(_failed_runs(results))
+    return "\n".join(lines)
+
+
+def _preamble(spec: GridSpec, results: Sequence[RunResult], command: str) -> list[str]:
+    """The title, the run counts, how to read the tables, the command and the grid file."""
     counts = {s: sum(r.status == s for r in results) for s in ("done", "failed", "pending")}
     splits = sorted({str(r.report.get("metrics_split", "?")) for r in results if r.report})
     fence = "~~~~" if "```" in spec.text else "```"
-    lines = [
+    return [
         f"# Grid: {spec.name}",
         "",
         f"{len(results)} runs: {counts['done']} done, {counts['failed']} failed, "
-        f"{counts['pending']} pending. Metric: **{metric}** on the "
+        f"{counts['pending']} pending. Metric: **{spec.metric}** on the "
         f"{' / '.join(splits) or '(no results yet)'} split, in points (x 100): mean ± sample "
         "std over the runs of a row (n runs); Δ: difference from the mean of the `none` "
         "baseline (no auxiliary task), in points.",
@@ -208,65 +223,94 @@ def render_report(
         fence,
         "",
     ]
+
+
+def _transfer_questions(metric: str, results: Sequence[RunResult]) -> list[str]:
+    """One table per question about spruce prune's transfer settings: how (coupling), what
+    (transfer) and when (auxiliary schedule), each against the `none` baseline."""
     done = [r for r in results if r.value(metric) is not None]
     baseline = [r.value(metric) for r in done if r.choices()[0] == "none"]
+    return [
+        *_question_table(
+            "How: coupling",
+            "All runs grouped by coupling.",
+            lambda r: r.choices()[:1],
+            ["coupling"],
+            done,
+            baseline,
+            metric,
+        ),
+        *_question_table(
+            "What: transfer",
+            "Runs with sequential or joint coupling, grouped by what is transferred.",
+            lambda r: r.choices()[:2] if r.choices()[0] in ("sequential", "joint") else None,
+            ["coupling", "transfer"],
+            done,
+            baseline,
+            metric,
+        ),
+        *_question_table(
+            "When: auxiliary schedule",
+            "Runs with joint or tied coupling, grouped by the auxiliary loss schedule.",
+            lambda r: (
+                (r.choices()[0], r.choices()[2]) if r.choices()[0] in ("joint", "tied") else None
+            ),
+            ["coupling", "schedule"],
+            done,
+            baseline,
+            metric,
+        ),
+    ]
 
-    def table(
-        title: str,
-        note: str,
-        key: Callable[[RunResult], tuple[str, ...] | None],
-        names: list[str],
-    ) -> None:
-        lines.extend([f"## {title}", "", note, ""])
-        groups: dict[tuple[str, ...], list[float]] = {}
-        for result in done:
-            if (k := key(result)) is not None:
-                groups.setdefault(k, []).append(result.value(metric))
-        if not groups:
-            lines.extend(["No finished runs for this question.", ""])
-            return
-        lines.append("| " + " | ".join([*names, "n", metric, "Δ vs none"]) + " |")
-        lines.append("|" + "---|" * (len(names) + 3))
-        for k in sorted(groups, key=_choice_order):
-            values = groups[k]
-            lines.append(
-                f"| {' | '.join(k)} | {len(values)} | {_mean_std(values)} | "
-                f"{_delta(values, baseline)} |"
-            )
-        lines.append("")
 
-    if spec.command != "prune":
-        # How / what / when are questions about spruce prune's transfer settings.
-        lines.extend(_best(spec, configs))
-        lines.extend(_all_configs(spec, configs))
-        return "\n".join(lines)
-    table("How: coupling", "All runs grouped by coupling.", lambda r: r.choices()[:1], ["coupling"])
-    table(
-        "What: transfer",
-        "Runs with sequential or joint coupling, grouped by what is transferred.",
-        lambda r: r.choices()[:2] if r.choices()[0] in ("sequential", "joint") else None,
-        ["coupling", "transfer"],
-    )
-    table(
-        "When: auxiliary schedule",
-        "Runs with joint or tied coupling, grouped by the auxiliary loss schedule.",
-        lambda r: (r.choices()[0], r.choices()[2]) if r.choices()[0] in ("joint", "tied") else None,
-        ["coupling", "schedule"],
-    )
-    lines.extend(_best(spec, configs))
-    if plots:
-        lines.extend(["## Plots", ""])
-        lines.extend(f"![{name[:-4].replace('_', ' ')}]({name})" for name in plots)
-        lines.append("")
-    lines.extend(_all_configs(spec, configs))
+def _question_table(
+    title: str,
+    note: str,
+    key: Callable[[RunResult], tuple[str, ...] | None],
+    names: list[str],
+    done: Sequence[RunResult],
+    baseline: list[float],
+    metric: str,
+) -> list[str]:
+    """A section whose table has a row per value of ``key`` over the finished runs (those
+    where it is None left out): n, mean ± std of ``metric`` and Δ from ``baseline``."""
+    lines = [f"## {title}", "", note, ""]
+    groups: dict[tuple[str, ...], list[float]] = {}
+    for result in done:
+        if (k := key(result)) is not None:
+            groups.setdefault(k, []).append(result.value(metric))
+    if not groups:
+        return [*lines, "No finished runs for this question.", ""]
+    lines.append("| " + " | ".join([*names, "n", metric, "Δ vs none"]) + " |")
+    lines.append("|" + "---|" * (len(names) + 3))
+    for k in sorted(groups, key=_choice_order):
+        values = groups[k]
+        lines.append(
+            f"| {' | '.join(k)} | {len(values)} | {_mean_std(values)} | "
+            f"{_delta(values, baseline)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _plots(plots: Sequence[str]) -> list[str]:
+    """A section of the plot images, captioned by their file names; none without plots."""
+    if not plots:
+        return []
+    return ["## Plots", "", *(f"![{name[:-4].replace('_', ' ')}]({name})" for name in plots), ""]
+
+
+def _failed_runs(results: Sequence[RunResult]) -> list[str]:
+    """A section listing each failed run with its exit code, log and error; none if none."""
     failed = [r for r in results if r.status == "failed"]
-    if failed:
-        lines.extend(["## Failed runs", ""])
-        for r in failed:
-            log = f"runs/{r.run.id}.log"
-            lines.append(f"- `{r.run.id}` (exit {r.exit_code}, log `{log}`): {r.error}")
-        lines.append("")
-    return "\n".join(lines)
+    if not failed:
+        return []
+    lines = ["## Failed runs", ""]
+    for r in failed:
+        log = f"runs/{r.run.id}.log"
+        lines.append(f"- `{r.run.id}` (exit {r.exit_code}, log `{log}`): {r.error}")
+    lines.append("")
+    return lines
 
 
 def _best(spec: GridSpec, configs: Sequence[Config]) -> list[str]:
