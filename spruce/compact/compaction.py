@@ -18,7 +18,13 @@ from spruce.errors import SpruceError
 from spruce.masks.units import UnitMasks
 from spruce.models.compact import CompactModelForSequenceClassification, SpruceCompactConfig
 from spruce.models.loading import TASK_METADATA_KEY
-from spruce.models.structure import describe, encoder_shape, layer_modules
+from spruce.models.structure import (
+    EncoderShape,
+    LayerModules,
+    describe,
+    encoder_shape,
+    layer_modules,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,31 @@ def compact_model(
     hidden_scale = hidden[kept]
 
     state: dict[str, torch.Tensor] = {}
+    _compact_embeddings(state, model, kept, hidden_scale)
+    layer_heads, layer_ffn = [], []
+    for layer in layer_modules(model):
+        layer_heads.append(_compact_attention(state, layer, masks, shape, kept, hidden_scale))
+        layer_ffn.append(_compact_ffn(state, layer, masks, shape, kept, hidden_scale))
+    dense, out_proj = _head_modules(model, family)
+    state["classifier.dense.weight"] = _w(dense.weight)[:, kept]
+    state["classifier.dense.bias"] = _w(dense.bias)
+    state["classifier.out_proj.weight"] = _w(out_proj.weight)
+    state["classifier.out_proj.bias"] = _w(out_proj.bias)
+
+    config = _compact_config(model, family, int(kept.numel()), layer_heads, layer_ffn, dense)
+    compact = CompactModelForSequenceClassification(config)
+    compact.load_state_dict({k: v.to(parameter.dtype) for k, v in state.items()}, strict=True)
+    return compact.to(parameter.device).eval()
+
+
+def _compact_embeddings(
+    state: dict[str, torch.Tensor],
+    model: PreTrainedModel,
+    kept: torch.Tensor,
+    hidden_scale: torch.Tensor,
+) -> None:
+    """The embedding tables sliced to the kept hidden dimensions, and their norm with the
+    hidden mask values folded in."""
     base = model.base_model
     description = describe(model.config)
     embeddings = base.get_submodule(description.embeddings)
@@ -75,59 +106,68 @@ def compact_model(
     state[f"{prefix}.norm.weight"] = _w(embedding_norm.weight)[kept] * hidden_scale
     state[f"{prefix}.norm.bias"] = _w(embedding_norm.bias)[kept] * hidden_scale
 
-    layer_heads, layer_ffn = [], []
-    for layer in layer_modules(model):
-        i, prefix = layer.index, f"compact.layers.{layer.index}"
-        heads = _values(None if masks.head is None else masks.head[i], shape.heads[i])
-        block = _values(None if masks.mha_layer is None else masks.mha_layer[i : i + 1], 1)
-        kept_heads = _kept(heads * block)
-        rows = (kept_heads[:, None] * shape.head_size + torch.arange(shape.head_size)).flatten()
-        for name in ("query", "key", "value"):
-            linear = getattr(layer, name)
-            state[f"{prefix}.attention.{name}.weight"] = _w(linear.weight)[rows][:, kept]
-            state[f"{prefix}.attention.{name}.bias"] = _w(linear.bias)[rows]
-        column_scale = heads.repeat_interleave(shape.head_size)[rows]
-        _fold_output(
-            state,
-            f"{prefix}.attention.output",
-            layer.attention_output,
-            kept,
-            rows,
-            block * hidden_scale,
-            column_scale,
-        )
-        _copy_norm(state, f"{prefix}.attention_norm", layer.attention_norm, kept)
-        layer_heads.append(int(kept_heads.numel()))
 
-        neurons = _values(None if masks.ffn_neuron is None else masks.ffn_neuron[i], shape.ffn[i])
-        block = _values(None if masks.ffn_layer is None else masks.ffn_layer[i : i + 1], 1)
-        kept_neurons = _kept(neurons * block)
-        state[f"{prefix}.ffn.intermediate.weight"] = _w(layer.ffn_input.weight)[kept_neurons][
-            :, kept
-        ]
-        state[f"{prefix}.ffn.intermediate.bias"] = _w(layer.ffn_input.bias)[kept_neurons]
-        _fold_output(
-            state,
-            f"{prefix}.ffn.output",
-            layer.ffn_output,
-            kept,
-            kept_neurons,
-            block * hidden_scale,
-            neurons[kept_neurons],
-        )
-        _copy_norm(state, f"{prefix}.ffn_norm", layer.ffn_norm, kept)
-        layer_ffn.append(int(kept_neurons.numel()))
+def _compact_attention(
+    state: dict[str, torch.Tensor],
+    layer: LayerModules,
+    masks: UnitMasks,
+    shape: EncoderShape,
+    kept: torch.Tensor,
+    hidden_scale: torch.Tensor,
+) -> int:
+    """One layer's attention sliced to its kept heads and hidden dimensions, the head,
+    block and hidden mask values folded into its output; returns how many heads it keeps."""
+    i, prefix = layer.index, f"compact.layers.{layer.index}"
+    heads = _values(None if masks.head is None else masks.head[i], shape.heads[i])
+    block = _values(None if masks.mha_layer is None else masks.mha_layer[i : i + 1], 1)
+    kept_heads = _kept(heads * block)
+    rows = (kept_heads[:, None] * shape.head_size + torch.arange(shape.head_size)).flatten()
+    for name in ("query", "key", "value"):
+        linear = getattr(layer, name)
+        state[f"{prefix}.attention.{name}.weight"] = _w(linear.weight)[rows][:, kept]
+        state[f"{prefix}.attention.{name}.bias"] = _w(linear.bias)[rows]
+    column_scale = heads.repeat_interleave(shape.head_size)[rows]
+    _fold_output(
+        state,
+        f"{prefix}.attention.output",
+        layer.attention_output,
+        kept,
+        rows,
+        block * hidden_scale,
+        column_scale,
+    )
+    _copy_norm(state, f"{prefix}.attention_norm", layer.attention_norm, kept)
+    return int(kept_heads.numel())
 
-    dense, out_proj = _head_modules(model, family)
-    state["classifier.dense.weight"] = _w(dense.weight)[:, kept]
-    state["classifier.dense.bias"] = _w(dense.bias)
-    state["classifier.out_proj.weight"] = _w(out_proj.weight)
-    state["classifier.out_proj.bias"] = _w(out_proj.bias)
 
-    config = _compact_config(model, family, int(kept.numel()), layer_heads, layer_ffn, dense)
-    compact = CompactModelForSequenceClassification(config)
-    compact.load_state_dict({k: v.to(parameter.dtype) for k, v in state.items()}, strict=True)
-    return compact.to(parameter.device).eval()
+def _compact_ffn(
+    state: dict[str, torch.Tensor],
+    layer: LayerModules,
+    masks: UnitMasks,
+    shape: EncoderShape,
+    kept: torch.Tensor,
+    hidden_scale: torch.Tensor,
+) -> int:
+    """One layer's feed-forward block sliced to its kept neurons and hidden dimensions,
+    the neuron, block and hidden mask values folded into its output; returns how many
+    neurons it keeps."""
+    i, prefix = layer.index, f"compact.layers.{layer.index}"
+    neurons = _values(None if masks.ffn_neuron is None else masks.ffn_neuron[i], shape.ffn[i])
+    block = _values(None if masks.ffn_layer is None else masks.ffn_layer[i : i + 1], 1)
+    kept_neurons = _kept(neurons * block)
+    state[f"{prefix}.ffn.intermediate.weight"] = _w(layer.ffn_input.weight)[kept_neurons][:, kept]
+    state[f"{prefix}.ffn.intermediate.bias"] = _w(layer.ffn_input.bias)[kept_neurons]
+    _fold_output(
+        state,
+        f"{prefix}.ffn.output",
+        layer.ffn_output,
+        kept,
+        kept_neurons,
+        block * hidden_scale,
+        neurons[kept_neurons],
+    )
+    _copy_norm(state, f"{prefix}.ffn_norm", layer.ffn_norm, kept)
+    return int(kept_neurons.numel())
 
 
 def _w(tensor: torch.Tensor) -> torch.Tensor:
