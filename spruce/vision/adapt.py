@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,55 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     start = time.perf_counter()
+    task = _read_task(config)
+    run = _train_and_prune(config, task, checkpoint)
+    fused, history = fuse_pruned(run.model, run.step.plan, run.example, [run.head])
+    fused.eval()
+    report = _report(config, task, run, fused)
+    meta = {
+        "model": config.model,
+        "num_classes": len(task.train.class_names),
+        "class_names": task.train.class_names,
+        "image_size": config.image_size,
+        "mean": list(task.mean),
+        "std": list(task.std),
+        "classifier": run.head,
+    }
+    with staged_output_dir(out, config.overwrite) as staging:
+        _write_outputs(config, report, run, fused, history, meta, staging)
+        report["wall_time_s"] = round(time.perf_counter() - start, 2)
+        write_report(report, staging / "report.json")
+    if checkpoint is not None:
+        checkpoint.remove()  # --out is complete
+    return report
+
+
+@dataclass
+class _ImageTask:
+    """A task's images: the training set, the evaluation loaders and the normalisation."""
+
+    train: ImageDataset
+    eval_loaders: dict[str, DataLoader]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass
+class _Trained:
+    """What training and pruning leave: the live model under its plan and what it took."""
+
+    model: nn.Module
+    dense: nn.Module
+    head: str
+    adapt: bool
+    step: PlanStep
+    rounds: list[dict]
+    phases: list[dict]
+    score_loader: DataLoader
+    example: torch.Tensor
+
+
+def _read_task(config: CNNAdaptConfig) -> _ImageTask:
     mean, std = input_normalization(config.model)
     read = {"size": config.image_size, "mean": mean, "std": std}
     train = load_images(
@@ -159,21 +209,27 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         )
         for s, p in splits.items()
     }
-    num_classes = len(train.class_names)
-    model = load_cnn(config.model, num_classes)
+    return _ImageTask(train, eval_loaders, mean, std)
+
+
+def _train_and_prune(
+    config: CNNAdaptConfig, task: _ImageTask, checkpoint: Checkpointer | None
+) -> _Trained:
+    """Dense phase, pruning rounds, final phase: every phase on the shared Trainer."""
+    model = load_cnn(config.model, len(task.train.class_names))
     dense = copy.deepcopy(model).eval()
     head = classifier_name(model)
     adapt = not config.fine_prune
     if adapt:
         adapt_cnn(model, config.adapter_config(), head)
     loader = DataLoader(
-        train,
+        task.train,
         batch_size=config.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(config.seed),  # saved with each checkpoint
         collate_fn=image_batches,
     )
-    score_loader = DataLoader(train, batch_size=config.batch_size)
+    score_loader = DataLoader(task.train, batch_size=config.batch_size)
     example = next(iter(score_loader))[0][:1]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
 
@@ -200,45 +256,37 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         config, model, score_loader, example, head, fit, phases, checkpoint
     )
     phases.append({"phase": "final", **fit(config.epochs, "final")})
-    plan = step.plan
+    return _Trained(model, dense, head, adapt, step, rounds, phases, score_loader, example)
 
-    fused, history = fuse_pruned(model, plan, example, [head])
-    fused.eval()
+
+def _report(
+    config: CNNAdaptConfig, task: _ImageTask, run: _Trained, fused: nn.Module
+) -> dict[str, Any]:
+    model, dense, head, adapt = run.model, run.dense, run.head, run.adapt
     with torch.no_grad():
-        batch = next(iter(score_loader))[0][:8]
+        batch = next(iter(run.score_loader))[0][:8]
         masked_diff = float((model.eval()(batch) - fused(batch)).abs().max())
-    metrics = {s: evaluate_cnn(fused, loader_) for s, loader_ in eval_loaders.items()}
-    ignored = [dense.get_submodule(head)]
-    dense_prunable = step.base_parameters  # the merged copy's, adapter biases included
+    metrics = {s: evaluate_cnn(fused, loader_) for s, loader_ in task.eval_loaders.items()}
+    dense_prunable = run.step.base_parameters  # the merged copy's, adapter biases included
     fused_prunable = prunable_parameter_count(fused, [fused.get_submodule(head)])
-    meta = {
-        "model": config.model,
-        "num_classes": num_classes,
-        "class_names": train.class_names,
-        "image_size": config.image_size,
-        "mean": list(mean),
-        "std": list(std),
-        "classifier": head,
-    }
-    adapter_dict = config.adapter_config().to_dict() if adapt else None
-    report: dict[str, Any] = {
+    return {
         "mode": "adapt" if adapt else "fine-prune",
         "criterion": config.criterion,
-        "adapter": adapter_dict,
+        "adapter": config.adapter_config().to_dict() if adapt else None,
         "model": config.model,
-        "train_examples": len(train),
+        "train_examples": len(task.train),
         "metrics": metrics,
         "sparsity": {
             "target": config.target_sparsity,
             "achieved": round(1 - fused_prunable / dense_prunable, 6),
             "prunable_dense": dense_prunable,
             "prunable_fused": fused_prunable,
-            "rounds": rounds,
+            "rounds": run.rounds,
         },
         "params": {
             "total": sum(p.numel() for p in fused.parameters()),
             "dense": sum(p.numel() for p in dense.parameters()),
-            "prunable_base": prunable_parameter_count(dense, ignored),
+            "prunable_base": prunable_parameter_count(dense, [dense.get_submodule(head)]),
         },
         "learned_params": (
             learned_parameters(model, head, active_masks(model))
@@ -249,37 +297,42 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         "task_statistics": task_statistics(model) if adapt else None,
         "base_model_bytes": len(save({k: v.contiguous() for k, v in dense.state_dict().items()})),
         "masked_vs_fused_max_abs_diff": masked_diff,
-        "training": phases,
+        "training": run.phases,
         "config": config.to_dict(),
     }
-    with staged_output_dir(out, config.overwrite) as staging:
-        save_fused(model, fused, history, staging, meta)
-        if config.export_onnx:
-            report["onnx_max_abs_diff"] = export_cnn_onnx(
-                fused, staging / MODEL_ONNX, config.image_size
-            )
-        if adapt:
-            save_task(model, staging, {**meta, "adapter": adapter_dict})
-            config.adapter_config().save_pretrained(staging)
-        task_file = staging / (TASK_WEIGHTS if adapt else MODEL_WEIGHTS)
-        report["task_file_bytes"] = task_file.stat().st_size
-        if config.measure_latency:
-            report["latency"] = {
-                f"batch_{b}": {
-                    name: cnn_latency_ms(net, b, config.image_size, config.latency_repeats)
-                    for name, net in (("dense", dense), ("fused", fused))
-                }
-                for b in (1, 32)
+
+
+def _write_outputs(
+    config: CNNAdaptConfig,
+    report: dict[str, Any],
+    run: _Trained,
+    fused: nn.Module,
+    history: list[list],
+    meta: dict[str, Any],
+    staging: Path,
+) -> None:
+    save_fused(run.model, fused, history, staging, meta)
+    if config.export_onnx:
+        report["onnx_max_abs_diff"] = export_cnn_onnx(
+            fused, staging / MODEL_ONNX, config.image_size
+        )
+    if run.adapt:
+        save_task(run.model, staging, {**meta, "adapter": report["adapter"]})
+        config.adapter_config().save_pretrained(staging)
+    task_file = staging / (TASK_WEIGHTS if run.adapt else MODEL_WEIGHTS)
+    report["task_file_bytes"] = task_file.stat().st_size
+    if config.measure_latency:
+        report["latency"] = {
+            f"batch_{b}": {
+                name: cnn_latency_ms(net, b, config.image_size, config.latency_repeats)
+                for name, net in (("dense", run.dense), ("fused", fused))
             }
-            report["latency"].update(image_size=config.image_size, threads=torch.get_num_threads())
-        report["flops"] = {
-            "dense": cnn_flops(dense, config.image_size),
-            "fused": cnn_flops(fused, config.image_size),
-            "image_size": config.image_size,
-            "convention": "2 FLOPs per multiply-accumulate; conv and linear layers only",
+            for b in (1, 32)
         }
-        report["wall_time_s"] = round(time.perf_counter() - start, 2)
-        write_report(report, staging / "report.json")
-    if checkpoint is not None:
-        checkpoint.remove()  # --out is complete
-    return report
+        report["latency"].update(image_size=config.image_size, threads=torch.get_num_threads())
+    report["flops"] = {
+        "dense": cnn_flops(run.dense, config.image_size),
+        "fused": cnn_flops(fused, config.image_size),
+        "image_size": config.image_size,
+        "convention": "2 FLOPs per multiply-accumulate; conv and linear layers only",
+    }
