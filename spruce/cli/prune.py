@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
 from spruce import api
 from spruce.cli import options
 from spruce.cli.parsing import name_list, positive_float
-from spruce.errors import SpruceError
 from spruce.pipelines.prune import PruneRun
-from spruce.transfer.config import DEFAULT_AUX_WEIGHTS, AuxTask, parse_aux
+from spruce.transfer.config import DEFAULT_AUX_WEIGHTS, aux_tasks
 
 HELP = "structured pruning to a target sparsity, then compaction, export and measurement"
 
@@ -50,29 +48,12 @@ def _add_aux_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--aux-label-column", help="label column of --aux task files")
 
 
-def aux_tasks(args: argparse.Namespace) -> tuple[AuxTask, ...]:
-    """The --aux specs with their weights and columns."""
-    specs = args.aux_specs or []
-    weights = args.aux_weight or []
-    if weights and len(weights) not in (1, len(specs)):
-        raise SpruceError(
-            f"{len(weights)} --aux-weight values for {len(specs)} --aux tasks",
-            "give one weight for all, or one per --aux",
-        )
-    tasks = []
-    for index, spec in enumerate(specs):
-        task = parse_aux(spec)
-        weight = weights[index if len(weights) > 1 else 0] if weights else task.weight
-        columns = tuple(args.aux_text_columns) if args.aux_text_columns else None
-        tasks.append(
-            replace(task, weight=weight, text_columns=columns, label_column=args.aux_label_column)
-        )
-    return tuple(tasks)
-
-
 def handle(args: argparse.Namespace) -> int:
     if args.aux_specs:  # else the --config file's tasks, or none
-        setattr(args, "transfer.aux", aux_tasks(args))
+        tasks = aux_tasks(
+            args.aux_specs, args.aux_weight or (), args.aux_text_columns, args.aux_label_column
+        )
+        setattr(args, "transfer.aux", tasks)
     run = options.run_from_args(PruneRun, args)
     report = api.prune(run).report
     _print_summary(report)
