@@ -178,16 +178,18 @@ def _transfer_worker(
     os.environ.update({"WORLD_SIZE": str(world_size), "RANK": str(rank), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
     import spruce.pipelines.prune as pipeline
-    import spruce.transfer.coupling as coupling
     from spruce.cli.main import main
 
     recorded: dict = {}
+    from spruce.pruning.phases import LearnedMasks
+
     real_l0, real_final, real_evaluate = (
-        pipeline.learn_l0_masks, pipeline.final_phase_loss, pipeline.evaluate_splits,
+        LearnedMasks.run, pipeline.final_phase_loss, pipeline.evaluate_splits,
     )  # fmt: skip
 
-    def l0(model, *args, **kwargs):
-        result = real_l0(model, *args, **kwargs)
+    def l0(self, inputs):
+        model = inputs.model
+        result = real_l0(self, inputs)
         gate_sets = {"target": result.gates, **result.other_gates}
         recorded["l0"].append(
             {
@@ -213,7 +215,7 @@ def _transfer_worker(
         }
         return real_evaluate(model, loaders, device)
 
-    pipeline.learn_l0_masks = coupling.learn_l0_masks = l0
+    LearnedMasks.run = l0
     pipeline.final_phase_loss, pipeline.evaluate_splits = final_phase_loss, evaluate_splits
     for (name, argv), port in zip(runs, ports, strict=True):
         os.environ["MASTER_PORT"] = str(port)  # a fresh rendezvous: main() ends its group

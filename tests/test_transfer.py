@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import spruce.pipelines.prune as prune_pipeline
-import spruce.transfer.coupling as coupling_module
 from spruce.cli.main import main
 from spruce.errors import SpruceError
 from spruce.grid.spec import canonical
 from spruce.models import load_classifier
 from spruce.pruning.config import PruneConfig
-from spruce.pruning.phases import PhaseExtras, learn_l0_masks
+from spruce.pruning.phases import LearnedMasks, PhaseExtras, PhaseInputs
 from spruce.train import TrainConfig
 from spruce.transfer import Schedule, TransferConfig, parse_aux
 from spruce.transfer.data import Stream, mlm_stream, mlm_texts, text_stream
@@ -286,11 +284,10 @@ def test_score_based_methods_accept_only_shared_structure(tiny_models, data, tmp
 def _record_phases(monkeypatch) -> list[dict]:
     """Capture the weights and initial gates every l0 phase starts from."""
     calls: list[dict] = []
-    real = learn_l0_masks
+    real = LearnedMasks.run
 
-    def recording(model, loader, train, prune, base_loss, *args, extras=None, **kwargs):
-        extras = extras or PhaseExtras()
-        start = extras.initial_gates
+    def recording(self, inputs):
+        model, start = inputs.model, self.extras.initial_gates
         calls.append(
             {
                 "weights": {k: v.clone() for k, v in model.state_dict().items()},
@@ -299,13 +296,12 @@ def _record_phases(monkeypatch) -> list[dict]:
                 else {k: v.clone() for k, v in start.state_dict().items()},
             }
         )
-        result = real(model, loader, train, prune, base_loss, *args, extras=extras, **kwargs)
+        result = real(self, inputs)
         calls[-1]["final_log_alpha"] = {k: v.clone() for k, v in result.gates.state_dict().items()}
         calls[-1]["final_weights"] = {k: v.clone() for k, v in model.state_dict().items()}
         return result
 
-    monkeypatch.setattr(coupling_module, "learn_l0_masks", recording)
-    monkeypatch.setattr(prune_pipeline, "learn_l0_masks", recording)
+    monkeypatch.setattr(LearnedMasks, "run", recording)
     return calls
 
 
@@ -354,13 +350,19 @@ def test_tied_gates_differ_but_move_together_as_the_penalty_grows(tiny_models, d
         config = TransferConfig(aux=(parse_aux("mlm"),), coupling="tied", tie_strength=strength)
         objective = build_objective(config.validate(), task, model, tokenizer, source, 16, 32, 0)
         prune = PruneConfig(target_sparsity=0.5, prune_epochs=8, lr_gates=0.3).validate()
-        result = learn_l0_masks(
-            model, loaders["train"], train, prune, classification_loss, None,
-            torch.device("cpu"), False, objective.optimizers(5e-3),
-            extras=PhaseExtras(aux_loss=objective.loss,
-                               other_gate_sets=objective.separate_gate_sets,
-                               coupling_penalty=objective.tie_penalty),
-        )  # fmt: skip
+        inputs = PhaseInputs(
+            model,
+            loaders["train"],
+            train,
+            classification_loss,
+            torch.device("cpu"),
+            False,
+            objective.optimizers(5e-3),
+        )
+        result = LearnedMasks(prune, PhaseExtras(
+            aux_loss=objective.loss, other_gate_sets=objective.separate_gate_sets,
+            coupling_penalty=objective.tie_penalty,
+        )).run(inputs)  # fmt: skip
         (aux_gates,) = result.other_gates.values()
         target_probs, aux_probs = result.gates.probs(), aux_gates.probs()
         gap = sum(

@@ -16,7 +16,7 @@ from spruce.errors import SpruceError
 from spruce.models import load_classifier, load_saved_classifier
 from spruce.pipelines.common import build_loaders
 from spruce.pruning.config import PruneConfig
-from spruce.pruning.phases import PhaseExtras, learn_l0_masks
+from spruce.pruning.phases import LearnedMasks, PhaseExtras, PhaseInputs
 from spruce.train import TrainConfig, classification_loss, seed_everything
 from spruce.train.checkpoint import checkpoint_dir
 from spruce.train.distillation import DistillationConfig, prediction_loss
@@ -215,10 +215,10 @@ def _pruned_student(task, teacher_dir: Path, model_dir: Path, distill: bool, see
         assert objective.optimizers(1e-2) == []  # the student's own classifier: no head
         extras = PhaseExtras(aux_loss=objective.loss)
     prune = PruneConfig(target_sparsity=0.5, prune_epochs=EPOCHS).validate()
-    result = learn_l0_masks(
-        model, loaders["train"], train, prune, classification_loss, None,
-        torch.device("cpu"), False, extras=extras,
-    )  # fmt: skip
+    inputs = PhaseInputs(
+        model, loaders["train"], train, classification_loss, torch.device("cpu"), False
+    )
+    result = LearnedMasks(prune, extras).run(inputs)
     return compact_model(model, result.masks).eval(), teacher.eval(), tokenizer
 
 

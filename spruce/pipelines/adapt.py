@@ -44,7 +44,13 @@ from spruce.pipelines.outputs import (
 )
 from spruce.pipelines.result import RunResult, finished
 from spruce.pruning.config import PruneConfig
-from spruce.pruning.phases import PhaseResult, learn_l0_masks, phase_config, score_and_prune
+from spruce.pruning.phases import (
+    LearnedMasks,
+    PhaseInputs,
+    PhaseResult,
+    ScoreBased,
+    phase_config,
+)
 from spruce.report import write_report
 from spruce.report.latency import measure_latency_table
 from spruce.spa.config import LEARNED, AdaptConfig
@@ -207,34 +213,17 @@ def _prune(
         lr_lambda=settings.lr_lambda,
         size_multiple=settings.size_multiple,
     ).validate()
+    inputs = PhaseInputs(
+        model, loader, run.train, classification_loss, device, run.progress, checkpoint=checkpoint
+    )
     if settings.criterion == LEARNED:
         # One phase as long as all rounds together; hidden stays whole (shared base).
         steps = _steps(prune.prune_epochs, loader, cap)
         prune = replace(prune, prune_max_steps=steps)
-        return learn_l0_masks(
-            model,
-            loader,
-            run.train,
-            prune,
-            classification_loss,
-            None,
-            device,
-            run.progress,
-            checkpoint=checkpoint,
-        )
+        return LearnedMasks(prune).run(inputs)
     prune = replace(prune, prune_max_steps=per_round * settings.prune_rounds)
-    return score_and_prune(
-        model,
-        loader,
-        run.train,
-        prune,
-        classification_loss,
-        device,
-        run.progress,
-        criterion=settings.criterion,
-        scoring_context=scoring_view if adapted else None,
-        checkpoint=checkpoint,
-    )
+    view = scoring_view if adapted else None
+    return ScoreBased(prune, settings.criterion, view).run(inputs)
 
 
 def _final_fine_tune(

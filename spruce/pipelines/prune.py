@@ -40,13 +40,7 @@ from spruce.pipelines.outputs import (
 from spruce.pipelines.recipe import plan_teacher, resolve_recipe
 from spruce.pipelines.result import RunResult, finished
 from spruce.pruning.config import PruneConfig
-from spruce.pruning.phases import (
-    learn_l0_masks,
-    learn_pdp_masks,
-    phase_config,
-    phase_steps,
-    score_and_prune,
-)
+from spruce.pruning.phases import PhaseInputs, phase_config, phase_steps, pruner_for
 from spruce.report import plot_prune_phase, write_report
 from spruce.report.latency import measure_latency_table
 from spruce.train import TrainConfig, Trainer, classification_loss, evaluate
@@ -165,7 +159,7 @@ def run_prune(run: PruneRun) -> RunResult:
     # The auxiliary losses run their batches through the model itself (model.base_model;
     # for distill the whole classifier), outside the DDP wrapper: under several processes
     # the target phases that compute them average the model's gradients in one all-reduce
-    # after backward instead (Trainer(wrap_ddp=False); learn_l0_masks decides so itself
+    # after backward instead (Trainer(wrap_ddp=False); LearnedMasks decides so itself
     # from its extras, as run_first_stage does).
     aux_in_target = auxiliary is not None and run.transfer.coupling in ("joint", "tied")
     initial_gates = None
@@ -183,38 +177,29 @@ def run_prune(run: PruneRun) -> RunResult:
         phases["auxiliary_stage"] = [phase_summary(r) for r in first.result.results]
         initial_gates = first.initial_gates
         aux_optimizers = []  # the target stages of sequential coupling see no auxiliary loss
+    inputs = PhaseInputs(
+        student,
+        labelled,
+        run.train,
+        base_loss if run.prune.method == "l0" else joint_loss(base_loss, auxiliary),
+        device,
+        run.progress,
+        [*extra_optimizers, *aux_optimizers],
+        checkpoint=checkpoint,
+        checkpoint_modules=[*distillers, *aux_state],
+        # l0 decides from its extras; the others share one structure with any joint loss
+        wrap_ddp=run.prune.method == "l0" or not aux_in_target,
+    )
     if run.prune.method == "l0":
-        phase = learn_l0_masks(
-            student,
-            labelled,
-            run.train,
-            run.prune,
-            base_loss,
-            # Validation while the structure changes is informative only and costs a full
-            # pass per epoch, so it runs only when --eval-steps asks for it.
-            validate_on(student) if run.train.eval_steps else None,
-            device,
-            run.progress,
-            [*extra_optimizers, *aux_optimizers],
-            extras=phase_extras(auxiliary, initial_gates),
-            checkpoint=checkpoint,
-            checkpoint_modules=[*distillers, *aux_state],
+        # Validation while the structure changes is informative only and costs a full
+        # pass per epoch, so it runs only when --eval-steps asks for it.
+        evaluate_now = validate_on(student) if run.train.eval_steps else None
+        pruner = pruner_for(
+            run.prune, extras=phase_extras(auxiliary, initial_gates), evaluate=evaluate_now
         )
-    else:  # pdp, magnitude, taylor: one shared structure, any joint auxiliary loss
-        learn = learn_pdp_masks if run.prune.method == "pdp" else score_and_prune
-        phase = learn(
-            student,
-            labelled,
-            run.train,
-            run.prune,
-            joint_loss(base_loss, auxiliary),
-            device,
-            run.progress,
-            [*extra_optimizers, *aux_optimizers],
-            checkpoint=checkpoint,
-            checkpoint_modules=[*distillers, *aux_state],
-            wrap_ddp=not aux_in_target,
-        )
+    else:
+        pruner = pruner_for(run.prune)
+    phase = pruner.run(inputs)
     phases["prune"] = [phase_summary(r) for r in phase.results]
     if phase.trajectory is not None:
         phases["prune_trajectory"] = phase.trajectory

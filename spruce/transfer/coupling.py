@@ -21,7 +21,7 @@ from spruce.errors import SpruceError
 from spruce.masks.gates import EncoderGates
 from spruce.masks.units import UnitMasks
 from spruce.pruning.config import PruneConfig
-from spruce.pruning.phases import PhaseExtras, PhaseResult, learn_l0_masks
+from spruce.pruning.phases import LearnedMasks, PhaseExtras, PhaseInputs, PhaseResult
 from spruce.train import TrainConfig
 from spruce.train.checkpoint import Checkpointer
 from spruce.train.loop import LossFn
@@ -94,22 +94,20 @@ def run_first_stage(
     original = copy.deepcopy(model.state_dict()) if transfer == "masks" else None
     steps = objective.config.aux_steps or target_steps
     stage_prune = replace(prune, prune_max_steps=steps)
-    result = learn_l0_masks(
+    inputs = PhaseInputs(
         model,
         StepsLoader(steps),
         train,
-        stage_prune,
         objective.first_stage_loss(),
-        None,
         device,
         progress,
         objective.optimizers(train.learning_rate),
-        description="auxiliary stage (l0)",
         checkpoint=checkpoint,
         checkpoint_modules=[objective],
-        phase="auxiliary stage",
         wrap_ddp=False,
     )
+    stage = LearnedMasks(stage_prune, description="auxiliary stage (l0)", phase="auxiliary stage")
+    result = stage.run(inputs)
     if original is not None:
         model.load_state_dict(original)
     gates = result.gates if transfer in ("masks", "both") else None
