@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -138,22 +139,9 @@ def run_adapt(run: AdaptRun) -> RunResult:
     )
     seq_len = latency_seq_len(dense_reference)
     report.update(compact_summary(compact, dense_reference, masks, task.num_labels))
-    unit_bits = sum(value.numel() for _, value in masks.items())
-    wrappers = find_adapters(model).values()
+    report.update(_adapter_summary(settings, adapter, model, masks, report["params"]["total"]))
     report.update(
         {
-            "mode": settings.mode,
-            "adapter": None if adapter is None else adapter.to_dict(),
-            "criterion": settings.criterion,
-            "units": list(ADAPT_UNITS if settings.criterion == LEARNED else ("head", "ffn_neuron")),
-            "target_sparsity": settings.target_sparsity,
-            "learned_params": (
-                sum(w.learned_parameters() for w in wrappers)
-                + sum(p.numel() for p in head_parameters(model).values())
-                if adapter is not None
-                else report["params"]["total"]
-            ),
-            "mask_bits": unit_bits + sum(w.mask_bits() for w in wrappers),
             "masked_metrics": masked_metrics,
             "fused_max_abs_diff": fused_diff,
             "phases": {
@@ -183,6 +171,32 @@ def run_adapt(run: AdaptRun) -> RunResult:
         checkpoint.remove()  # --out is complete
     report["wall_time_s"] = round(time.perf_counter() - start, 2)
     return finished(compact, tokenizer, report)
+
+
+def _adapter_summary(
+    settings: AdaptConfig,
+    adapter: AdapterConfig | None,
+    model: PreTrainedModel,
+    masks: UnitMasks,
+    total_params: int,
+) -> dict[str, Any]:
+    """The report's adapter keys: mode, criterion, units, and what the task learned
+    (adapter entries and the head; every weight in fine-prune mode) and masks."""
+    unit_bits = sum(value.numel() for _, value in masks.items())
+    wrappers = find_adapters(model).values()
+    learned = total_params
+    if adapter is not None:
+        learned = sum(w.learned_parameters() for w in wrappers)
+        learned += sum(p.numel() for p in head_parameters(model).values())
+    return {
+        "mode": settings.mode,
+        "adapter": None if adapter is None else adapter.to_dict(),
+        "criterion": settings.criterion,
+        "units": list(ADAPT_UNITS if settings.criterion == LEARNED else ("head", "ffn_neuron")),
+        "target_sparsity": settings.target_sparsity,
+        "learned_params": learned,
+        "mask_bits": unit_bits + sum(w.mask_bits() for w in wrappers),
+    }
 
 
 def _steps(epochs: float, loader: DataLoader, cap: int | None) -> int:
