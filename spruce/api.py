@@ -84,16 +84,19 @@ def adapt(config: Any = None, /, **settings: Any) -> RunResult:
     """Structured pruning adapters on a frozen encoder, as ``spruce adapt`` does on text;
     returns the fused compact model, its tokenizer and the report (the adapter's own
     ``task.safetensors`` is written with ``out``). E.g. ``adapt(train="train.csv",
-    adapter="splora", criterion="taylor", target_sparsity=0.5)``. CNN image tasks run
-    through the command line."""
+    adapter="splora", criterion="taylor", target_sparsity=0.5)``. An image task (a CNN
+    model name or image data, as for the command) returns the fused compact CNN and no
+    tokenizer; it needs ``out``."""
     from spruce.pipelines.adapt import is_image_task, run_adapt
 
     run = make_run("adapt", config, **settings)
     if is_image_task(run):
-        raise SpruceError(
-            "spruce.adapt runs encoders on text; CNN image tasks run from the command line",
-            f"spruce adapt --model {run.model} --train {run.data.train} ... --out DIR",
-        )
+        from spruce.vision.adapt import run_image_adapt
+
+        if run.out is None:
+            raise SpruceError("an image task writes its outputs", "pass out=DIR")
+        with _quiet_libraries():
+            return run_image_adapt(run)
     with _quiet_libraries():
         return run_adapt(run)
 

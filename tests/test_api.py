@@ -346,9 +346,23 @@ def test_without_training_data() -> None:
         make_run("finetune", make_run("prune", train="x.csv"))
 
 
-def test_adapt_leaves_image_tasks_to_the_command_line(tmp_path) -> None:
-    with pytest.raises(SpruceError, match="CNN image tasks run from the command line"):
-        spruce.adapt(train=str(tmp_path / "digits.npz"))
+def test_adapt_runs_image_tasks_too(tmp_path) -> None:
+    from golden import make_inputs
+
+    make_inputs(tmp_path)
+    images = tmp_path / "images"
+    settings = dict(
+        train=str(images / "train.npz"), test=str(images / "test.npz"), criterion="weight",
+        target_sparsity=0.3, prune_rounds=1, max_steps=1, batch_size=8,
+        measure_latency=False, threads=1, progress=False,
+    )  # fmt: skip
+    with pytest.raises(SpruceError, match="an image task writes its outputs"):
+        spruce.adapt(**settings)
+    result = spruce.adapt(**settings, out=tmp_path / "out")
+    assert result.tokenizer is None and result.report["mode"] == "adapt"
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["metrics"]
+    with torch.no_grad():
+        assert result.model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
 
 
 def test_import_spruce_stays_light() -> None:

@@ -45,9 +45,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from spruce.errors import SpruceError
+from spruce.models.loading import DEFAULT_MODEL
+from spruce.pipelines.adapt import AdaptRun
 from spruce.pipelines.common import open_checkpoint
+from spruce.pipelines.result import RunResult
 from spruce.pruning.rounds import ScoreRounds
 from spruce.report.writer import write_report
+from spruce.train import TrainConfig
 from spruce.train.checkpoint import Checkpointer, phase_checkpoint
 from spruce.train.seeding import seed_everything
 from spruce.units.channel_groups import prunable_parameter_count
@@ -124,7 +128,67 @@ def _check_training_classes(train: ImageDataset, config: CNNAdaptConfig) -> None
     )
 
 
+def run_image_adapt(run: AdaptRun) -> RunResult:
+    """``spruce adapt`` (and ``spruce.adapt``) on an image task: the run settings as a
+    CNN task's; returns the fused compact CNN (no tokenizer) and the report."""
+    report, fused = _adapt_cnn(image_adapt_config(run))
+    return RunResult(fused.cpu().eval(), None, report)
+
+
+def image_adapt_config(run: AdaptRun) -> CNNAdaptConfig:
+    """The CNN task settings of an adapt run whose model or data are images."""
+    adapt = run.adapt
+    if adapt.criterion == "l0":
+        raise SpruceError(
+            "--criterion l0 learns masks of transformer units, not CNN channels",
+            "use weight, gradient, taylor or lrp for CNNs",
+        )
+    if adapt.adapter == "splopa":
+        raise SpruceError("splopa adapts linear layers only", "use splora or sppara for CNNs")
+    # The encoders' default model means "no choice made" here: the CNN default applies.
+    model = run.model if run.model not in (None, DEFAULT_MODEL) else "efficientnet-lite0"
+    # The encoders' default learning rate (1e-4) is too small for a CNN's fresh classifier.
+    lr = run.train.learning_rate
+    lr = lr if lr != TrainConfig().learning_rate else 1e-3
+    return CNNAdaptConfig(
+        train=run.data.train,
+        validation=run.data.validation,
+        test=run.data.test,
+        out=run.out,
+        model=model,
+        image_size=adapt.image_size,
+        max_train_samples=run.data.max_train_samples,
+        seed=run.train.seed,
+        epochs_per_round=max(1, round(adapt.epochs_per_round)),
+        epochs=max(1, round(adapt.final_epochs or run.train.epochs)),
+        batch_size=run.train.batch_size,
+        lr=lr,
+        criterion=adapt.criterion,
+        target_sparsity=adapt.target_sparsity,
+        rounds=adapt.prune_rounds,
+        adapter=adapt.adapter,
+        rank=adapt.rank,
+        scaling=adapt.scaling,
+        fine_prune=adapt.fine_prune,
+        max_steps=run.train.max_steps,
+        export_onnx=adapt.export_onnx,
+        measure_latency=adapt.measure_latency,
+        latency_repeats=adapt.latency_repeats,
+        threads=run.threads,
+        overwrite=run.overwrite,
+        progress=run.progress,
+        resume=run.resume,
+        checkpoint_steps=run.checkpoint_steps,
+    ).validate()
+
+
 def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
+    """Train, prune, fuse and report one task; writes ``config.out`` atomically; returns
+    the report."""
+    return _adapt_cnn(config)[0]
+
+
+def _adapt_cnn(config: CNNAdaptConfig) -> tuple[dict[str, Any], nn.Module]:
     """Train, prune, fuse and report one task; writes ``config.out`` atomically.
 
     Outputs: ``report.json``; the fused compact CNN (``model.safetensors`` + ``model.json``,
@@ -164,7 +228,7 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
         write_report(report, staging / "report.json")
     if checkpoint is not None:
         checkpoint.remove()  # --out is complete
-    return report
+    return report, fused
 
 
 @dataclass
