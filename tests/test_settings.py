@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from spruce.cli.parsing import Parser
-from spruce.cli.settings import add_settings, config_from_args
 from spruce.config import AT_LEAST_ONE, FRACTION, POSITIVE, Bounds, check_settings, setting
+from spruce.config.arguments import add_settings, config_from_args
 from spruce.errors import SpruceError
 from spruce.train import TrainConfig
 from spruce.train.distillation import DistillationConfig

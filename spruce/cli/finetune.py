@@ -7,6 +7,7 @@ import argparse
 from spruce import api
 from spruce.cli import options
 from spruce.pipelines import FinetuneRun
+from spruce.report.summary import summary
 
 HELP = "fine-tune a dense encoder on a classification task"
 
@@ -19,11 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     run = options.run_from_args(FinetuneRun, args)
-    report = api.finetune(run).report
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items())
-    print(
-        f"{report['task']}: {report['metrics_split']} {metrics} "
-        f"({report['train_examples']} labelled examples, {report['wall_time_s']:.0f} s)"
-    )
+    print(summary(api.finetune(run).report))
     print(f"wrote {run.out}/model, {run.out}/report.json, {run.out}/learning_curve.png")
     return 0

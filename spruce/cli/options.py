@@ -7,8 +7,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from spruce.cli.settings import add_settings, config_from_args, defaults_from_config
 from spruce.config import from_config, read_config
+from spruce.config.arguments import add_settings, config_from_args, defaults_from_config
 
 
 def add_run_options(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from spruce.config import comma_names
+from spruce.config.arguments import argument_type, number
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,13 +28,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_int(text: str) -> int:
-    value = number(text, int, "a whole number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got '{text}'")
-    return value
-
-
 def positive_float(text: str) -> float:
     value = number(text, float, "a number")
     if not value > 0 or value != value or value == float("inf"):
@@ -49,30 +42,4 @@ def fraction(text: str) -> float:
     return value
 
 
-def non_negative_float(text: str) -> float:
-    value = number(text, float, "a number")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got '{text}'")
-    return value
-
-
-def argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``parse`` as an argparse type: its ValueError becomes argparse's one-line error."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return convert
-
-
 name_list = argument_type(comma_names)
-
-
-def number(text: str, kind: type, what: str):
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None

@@ -9,6 +9,7 @@ from spruce import api
 from spruce.cli import options
 from spruce.cli.parsing import name_list, positive_float
 from spruce.pipelines.prune import PruneRun
+from spruce.report.summary import summary
 from spruce.transfer.config import DEFAULT_AUX_WEIGHTS, aux_tasks
 
 HELP = "structured pruning to a target sparsity, then compaction, export and measurement"
@@ -56,7 +57,7 @@ def handle(args: argparse.Namespace) -> int:
         setattr(args, "transfer.aux", tasks)
     run = options.run_from_args(PruneRun, args)
     report = api.prune(run).report
-    _print_summary(report)
+    print(summary(report))
     print(f"wrote {run.out}")
     unused = report.get("unlabelled_examples", 0)
     if unused and not run.transfer.aux and run.progress and run.prune.recipe == "plain":
@@ -68,31 +69,3 @@ def handle(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def _print_summary(report: dict) -> None:
-    m = report["metrics"]
-    print(
-        f"{report['task']}: {report['metrics_split']} "
-        + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
-        + f"; encoder sparsity {report['sparsity']['encoder']:.1%}, "
-        f"params {report['params']['total']:,} of {report['params']['dense_total']:,}"
-    )
-    if "latency_ms" in report:
-        lat = report["latency_ms"]
-        print(
-            f"latency batch 1: {lat['batch_1']['dense']:.1f} -> {lat['batch_1']['pruned']:.1f} ms; "
-            f"batch 32: {lat['batch_32']['dense']:.1f} -> {lat['batch_32']['pruned']:.1f} ms "
-            f"(FLOPs speed-up {report['flops']['speedup']}x" + _runtime_note(lat)
-        )
-
-
-def _runtime_note(latency: dict) -> str:
-    """How the latency was measured, closing the summary line's parenthesis."""
-    runtime = latency.get("runtime", "eager")
-    if runtime == "compiled":
-        return ", torch.compile)"
-    if runtime == "best":
-        won = latency["chosen"]["batch_32"]
-        return f", batch 32 faster in: dense {won['dense']}, pruned {won['pruned']})"
-    return ")"

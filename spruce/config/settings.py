@@ -3,7 +3,7 @@
 A config class declares each setting with :func:`setting`; its ``__post_init__`` calls
 :func:`check_settings`, so a config built from the command line, a report.json, a grid
 file or Python is checked by the same rule, and ``spruce.cli`` generates its options from
-the same fields (:mod:`spruce.cli.settings`). Nothing here knows argparse.
+the same fields (:mod:`spruce.config.arguments`). Nothing here knows argparse.
 """
 
 from __future__ import annotations

@@ -16,6 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spruce.config import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    Bounds,
+    check_settings,
+    setting,
+)
 from spruce.data import TaskDataConfig
 from spruce.data.readers import read_table
 from spruce.data.spam_assassin import default_cache_dir, prepare_spam_assassin
@@ -35,21 +43,32 @@ EVAL_SIZES = {"hard_ham": (60, None), "easy_ham": (120, 300), "spam": (120, 300)
 
 @dataclass
 class DemoSettings:
-    out: Path = Path("runs/demo")
-    labelled: int = 500
-    seed: int = 0
-    max_length: int = 128
-    epochs: float = 4.0
-    max_steps: int | None = None
-    cache_dir: Path | None = None
-    tarball: Path | None = None
-    device: str = "auto"
-    progress: bool = True
-    model: str | None = None
-    prune: bool = True
-    prune_sparsity: float = 0.9
+    """What ``spruce demo`` runs (its options are these fields)."""
+
+    out: Path = setting(
+        Path("runs/demo"), "where to write the demo's runs (replaced)", metavar="DIR"
+    )
+    labelled: int = setting(500, "labelled training e-mails", bounds=AT_LEAST_ONE)
+    seed: int = setting(0, "seeds sampling, initialisation and data order", bounds=NON_NEGATIVE)
+    max_length: int = setting(128, "tokens per e-mail after truncation", bounds=AT_LEAST_ONE)
+    epochs: float = setting(4.0, "fine-tuning epochs", bounds=POSITIVE)
+    max_steps: int | None = setting(None, "cap training steps (quick runs)", bounds=AT_LEAST_ONE)
+    cache_dir: Path | None = setting(None, "where the converted corpus is kept", metavar="DIR")
+    tarball: Path | None = setting(None, "a local npm tarball of the corpus", metavar="FILE")
+    device: str = setting("auto", "auto, cpu or cuda[:N]")
+    progress: bool = setting(True, "no progress bar", flag="--quiet", inverse=True)
+    model: str | None = setting(None, "pre-trained encoder (default: the embedded MiniLM-L6)")
+    prune: bool = setting(True, "the pruned rows (--no-prune: the dense row only)")
+    prune_sparsity: float = setting(
+        0.9,
+        "encoder sparsity of the pruned rows",
+        bounds=Bounds(low=0, high=1, low_open=True, high_open=True),
+    )
     prune_epochs: float = 3.0
     final_epochs: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def write_demo_splits(corpus: Path, dest: Path, seed: int) -> dict[str, int]:

@@ -1,8 +1,11 @@
-"""Command-line options generated from config fields (spruce.config.setting).
+"""argparse options generated from config fields (spruce.config.setting), and configs
+built back from the parsed options, as transformers' HfArgumentParser does for its
+dataclasses.
 
 The flag, help text, default, type and range of an option are those its config field
 declares, so the parser rejects what the config would reject, with the same range in its
-message, and a new setting is one field.
+message, and a new setting is one field. ``spruce.cli`` builds every command's parser
+with it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from spruce.cli.parsing import argument_type, number
-from spruce.config import Bounds, Setting, flag_of
+from spruce.config.settings import Bounds, Setting, flag_of
 from spruce.errors import SpruceError
 
 
@@ -190,3 +192,22 @@ def _expected(what: str, bounds: Bounds | None) -> str:
         return what
     words = bounds.describe()
     return f"a positive {what[2:]}" if words == "positive" else f"{what} {words}"
+
+
+def argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse type: its ValueError becomes argparse's one-line error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def number(text: str, kind: type, what: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
