@@ -64,20 +64,37 @@ def export_onnx(
     dynamic_axes["logits"] = {0: "batch"}
     was_training = model.training
     model.eval()
-    # A sibling temp file, renamed into place: a failed export never leaves a broken model.
+    try:
+        export_graph(_LogitsOnly(model, names), args, path, names, dynamic_axes, opset)
+    finally:
+        model.train(was_training)
+    return path
+
+
+def export_graph(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int = 17,
+) -> None:
+    """Trace ``module`` on ``args`` into ``path`` (output ``logits``) through a sibling
+    temp file renamed into place: a failed export never leaves a broken model. Used for
+    encoders and CNNs alike."""
     handle, temp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(handle)
     usual_permissions(temp_name)
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo; it still works here.
-            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # The TorchScript exporter is deprecated in favour of dynamo (and traces with
+            # warnings of its own); it still works here.
+            warnings.simplefilter("ignore")
             torch.onnx.export(
-                _LogitsOnly(model, names),
+                module,
                 args,
                 temp_name,
-                input_names=names,
+                input_names=list(input_names),
                 output_names=["logits"],
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
@@ -86,10 +103,8 @@ def export_onnx(
             )
         os.replace(temp_name, path)
     finally:
-        model.train(was_training)
         if os.path.exists(temp_name):
             os.remove(temp_name)
-    return path
 
 
 def check_onnx(

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spruce.adapters import adapter_state, find_adapters, load_adapter_state
+from spruce.compact.onnx_export import export_graph
 from spruce.errors import SpruceError
 from spruce.units.channel_groups import replay_pruning
 from spruce.units.channel_masks import (
@@ -25,7 +23,6 @@ from spruce.units.channel_masks import (
     active_masks,
     apply_channel_plan,
 )
-from spruce.utils.atomic import usual_permissions
 from spruce.vision.models import load_cnn
 
 TASK_WEIGHTS, TASK_META = "task.safetensors", "task.json"
@@ -285,26 +282,9 @@ def export_cnn_onnx(model: nn.Module, path: Path, image_size: int) -> float:
     import onnxruntime
 
     model.eval()
-    handle, temp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
-    os.close(handle)
-    usual_permissions(temp)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
-            torch.onnx.export(
-                model,
-                (torch.zeros(2, 3, image_size, image_size),),
-                temp,
-                input_names=["pixel_values"],
-                output_names=["logits"],
-                dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    example = (torch.zeros(2, 3, image_size, image_size),)
+    axes = {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}
+    export_graph(model, example, path, ["pixel_values"], axes)
     images = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"pixel_values": images.numpy()})
