@@ -154,36 +154,17 @@ def save_task(
         "structure": structure_from_masks(masks, encoder_shape(config)),
         "task": getattr(config, TASK_METADATA_KEY, None),
     }
-    handle, temp = tempfile.mkstemp(prefix=f".{TENSORS_NAME}.tmp-", dir=directory)
-    os.close(handle)
-    usual_permissions(temp)
-    try:
-        save_file(tensors, temp, metadata={"format": FORMAT, "version": str(VERSION)})
-        os.replace(temp, directory / TENSORS_NAME)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-    write_text_atomic(directory / META_NAME, json.dumps(meta, indent=2) + "\n")
+    write_task_files(
+        directory, tensors, json.dumps(meta, indent=2), {"format": FORMAT, "version": str(VERSION)}
+    )
     return meta
 
 
 def load_task(directory: str | Path) -> TaskRecord:
     """Read a task directory written by :func:`save_task` (a ``spruce adapt`` output)."""
     directory = Path(directory)
-    meta_path, tensor_path = directory / META_NAME, directory / TENSORS_NAME
-    if not meta_path.is_file() or not tensor_path.is_file():
-        raise SpruceError(
-            f"{directory} holds no task file ({META_NAME} and {TENSORS_NAME})",
-            "pass the --out directory of spruce adapt run with adapters (not --fine-prune)",
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        tensors = load_file(str(tensor_path))
-    except (json.JSONDecodeError, SafetensorError, OSError) as error:
-        raise SpruceError(
-            f"the task file in {directory} cannot be read ({str(error).splitlines()[0][:160]})",
-            "write it again with spruce adapt",
-        ) from None
+    meta, tensors = read_task_files(directory)
+    meta_path = directory / META_NAME
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SpruceError(f"{meta_path} is not a spruce task file", "pass a spruce adapt output")
     if meta.get("version") != VERSION:
@@ -199,8 +180,8 @@ def load_task(directory: str | Path) -> TaskRecord:
             label_names=[str(name) for name in meta["label_names"]],
             problem_type=meta.get("problem_type"),
             masks=masks_from_tensors(tensors, dict(meta["units"])),
-            adapter_state=_prefixed(tensors, "adapter."),
-            head=_prefixed(tensors, "head."),
+            adapter_state=with_prefix(tensors, "adapter."),
+            head=with_prefix(tensors, "head."),
             task=meta.get("task"),
             structure=meta["structure"],
         )
@@ -211,5 +192,47 @@ def load_task(directory: str | Path) -> TaskRecord:
         ) from None
 
 
-def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def write_task_files(
+    directory: Path,
+    tensors: dict[str, Tensor],
+    meta_text: str,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """``task.safetensors`` (``metadata`` in its header) and ``task.json``, each written
+    to a temporary sibling and renamed into place: the one task-file pair of every
+    modality (encoders here, CNNs in :mod:`spruce.vision.artifacts`)."""
+    handle, temp = tempfile.mkstemp(prefix=f".{TENSORS_NAME}.tmp-", dir=directory)
+    os.close(handle)
+    usual_permissions(temp)
+    try:
+        save_file(tensors, temp, metadata=metadata)
+        os.replace(temp, directory / TENSORS_NAME)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    write_text_atomic(directory / META_NAME, meta_text + "\n")
+
+
+def read_task_files(directory: Path) -> tuple[Any, dict[str, Tensor]]:
+    """``task.json`` (parsed, unchecked) and the tensors of ``task.safetensors``; a
+    missing or unreadable pair is one line naming the folder."""
+    meta_path, tensor_path = directory / META_NAME, directory / TENSORS_NAME
+    if not meta_path.is_file() or not tensor_path.is_file():
+        raise SpruceError(
+            f"{directory} holds no task file ({META_NAME} and {TENSORS_NAME})",
+            "pass the --out directory of spruce adapt run with adapters (not --fine-prune)",
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(tensor_path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as error:
+        raise SpruceError(
+            f"the task file in {directory} cannot be read ({str(error).splitlines()[0][:160]})",
+            "write it again with spruce adapt",
+        ) from None
+    return meta, tensors
+
+
+def with_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors whose names start with ``prefix``, the prefix stripped."""
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

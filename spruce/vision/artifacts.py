@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spruce.adapters import adapter_state, find_adapters, load_adapter_state
 from spruce.compact.onnx_export import export_graph
 from spruce.errors import SpruceError
+from spruce.spa.task_file import read_task_files, with_prefix, write_task_files
 from spruce.units.channel_groups import replay_pruning
 from spruce.units.channel_masks import (
     ChannelMasks,
@@ -76,10 +76,9 @@ def save_task(model: nn.Module, directory: str | Path, meta: dict[str, Any]) -> 
         kept = _kept_outputs(masks, bn_name, bn.num_features)
         tensors[f"batchnorm.{bn_name}.running_mean"] = bn.running_mean[kept].contiguous()
         tensors[f"batchnorm.{bn_name}.running_var"] = bn.running_var[kept].contiguous()
-    save_file(tensors, str(directory / TASK_WEIGHTS))
     plan = masks.plan if masks else ChannelPlan()
     text = json.dumps({"format": TASK_FORMAT, **meta, "plan": plan.to_json()})
-    (directory / TASK_META).write_text(text + "\n", encoding="utf-8")
+    write_task_files(directory, tensors, text)
     return directory / TASK_WEIGHTS
 
 
@@ -113,20 +112,8 @@ def is_cnn_task(directory: str | Path) -> bool:
 def read_task(directory: str | Path) -> CNNTask:
     """Read the files :func:`save_task` wrote, checking only what needs no model."""
     directory = Path(directory)
-    meta_path, tensor_path = directory / TASK_META, directory / TASK_WEIGHTS
-    if not meta_path.is_file() or not tensor_path.is_file():
-        raise SpruceError(
-            f"{directory} holds no {TASK_META} and {TASK_WEIGHTS}",
-            "pass the --out folder of spruce adapt run with adapters (not --fine-prune)",
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        tensors = load_file(str(tensor_path))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as error:
-        raise SpruceError(
-            f"the task file in {directory} cannot be read ({str(error).splitlines()[0][:160]})",
-            "write it again with spruce adapt",
-        ) from None
+    meta, tensors = read_task_files(directory)
+    meta_path = directory / TASK_META
     if not isinstance(meta, dict) or meta.get("format") != TASK_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise SpruceError(
@@ -140,11 +127,9 @@ def read_task(directory: str | Path) -> CNNTask:
             "write the task again with spruce adapt",
         )
 
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
     plan = ChannelPlan.from_json(meta.get("plan", []))
-    return CNNTask(directory, meta, plan, part("adapter."), part("classifier."), part("batchnorm."))
+    parts = (with_prefix(tensors, p) for p in ("adapter.", "classifier.", "batchnorm."))
+    return CNNTask(directory, meta, plan, *parts)
 
 
 @torch.no_grad()
