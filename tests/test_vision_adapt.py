@@ -397,7 +397,7 @@ def test_spruce_adapt_runs_cnns_on_image_data(tmp_path, capsys):
     assert main(argv) == 0
     assert "efficientnet-lite0 (adapt, weight): test accuracy" in capsys.readouterr().out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["model"] == "efficientnet-lite0" and report["config"]["lr"] == 1e-3
+    assert report["model"] == "efficientnet-lite0" and report["cnn_config"]["lr"] == 1e-3
     bad = [*argv[:-2], "--criterion", "l0", "--out", str(tmp_path / "bad")]
     assert main(bad) == 2
     err = capsys.readouterr().err.strip().splitlines()

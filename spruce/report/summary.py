@@ -8,13 +8,13 @@ from typing import Any
 def summary(report: dict[str, Any]) -> str:
     """One or two lines: the metrics, and what pruning or adapting gave."""
     command = report.get("command")
+    if "achieved" in report.get("sparsity", {}):
+        return _image_adapt(report)  # a CNN task's report (spruce adapt on images)
     if command == "finetune":
         return _finetune(report)
     if command == "prune":
         return _prune(report)
-    if command == "adapt":
-        return _adapt(report)
-    return _image_adapt(report)  # a CNN task's report (spruce adapt on images)
+    return _adapt(report)
 
 
 def _metrics(report: dict[str, Any]) -> str:

@@ -131,7 +131,8 @@ def _check_training_classes(train: ImageDataset, config: CNNAdaptConfig) -> None
 def run_image_adapt(run: AdaptRun) -> RunResult:
     """``spruce adapt`` (and ``spruce.adapt``) on an image task: the run settings as a
     CNN task's; returns the fused compact CNN (no tokenizer) and the report."""
-    report, fused = _adapt_cnn(image_adapt_config(run))
+    config = image_adapt_config(run)
+    report, fused = _adapt_cnn(config, {"command": "adapt", "config": run.to_config()})
     return RunResult(fused.cpu().eval(), None, report)
 
 
@@ -188,7 +189,9 @@ def run_cnn_adapt(config: CNNAdaptConfig) -> dict[str, Any]:
     return _adapt_cnn(config)[0]
 
 
-def _adapt_cnn(config: CNNAdaptConfig) -> tuple[dict[str, Any], nn.Module]:
+def _adapt_cnn(
+    config: CNNAdaptConfig, header: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], nn.Module]:
     """Train, prune, fuse and report one task; writes ``config.out`` atomically.
 
     Outputs: ``report.json``; the fused compact CNN (``model.safetensors`` + ``model.json``,
@@ -197,7 +200,9 @@ def _adapt_cnn(config: CNNAdaptConfig) -> tuple[dict[str, Any], nn.Module]:
     ``adapter_config.json``. Sparsity is counted on the merged model, i.e. with the
     adapters' per-task conv biases that the fused model carries. The run checkpoints into
     ``<out>.checkpoint`` (removed once ``out`` is complete) and continues it with
-    ``resume`` (see the module docstring).
+    ``resume`` (see the module docstring). ``header`` (an ``spruce adapt`` run's command and
+    config block, which reruns it) replaces the report's ``config``, the CNN settings then
+    going under ``cnn_config``.
     """
     config.validate()
     out = Path(config.out)
@@ -213,6 +218,9 @@ def _adapt_cnn(config: CNNAdaptConfig) -> tuple[dict[str, Any], nn.Module]:
     fused, history = fuse_pruned(run.model, run.step.plan, run.example, [run.head])
     fused.eval()
     report = _report(config, task, run, fused)
+    if header is not None:
+        report = {**header, **{k: v for k, v in report.items() if k != "config"}}
+        report["cnn_config"] = config.to_dict()
     meta = {
         "model": config.model,
         "num_classes": len(task.train.class_names),
