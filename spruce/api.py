@@ -65,7 +65,7 @@ def finetune(config: Any = None, /, **settings: Any) -> RunResult:
     from spruce.pipelines.finetune import run_finetune
 
     run = make_run("finetune", config, **settings)
-    with _quiet_libraries():
+    with quiet_libraries():
         return run_finetune(run)
 
 
@@ -76,7 +76,7 @@ def prune(config: Any = None, /, **settings: Any) -> RunResult:
     from spruce.pipelines.prune import run_prune
 
     run = make_run("prune", config, **settings)
-    with _quiet_libraries():
+    with quiet_libraries():
         return run_prune(run)
 
 
@@ -95,9 +95,9 @@ def adapt(config: Any = None, /, **settings: Any) -> RunResult:
 
         if run.out is None:
             raise SpruceError("an image task writes its outputs", "pass out=DIR")
-        with _quiet_libraries():
+        with quiet_libraries():
             return run_image_adapt(run)
-    with _quiet_libraries():
+    with quiet_libraries():
         return run_adapt(run)
 
 
@@ -118,7 +118,7 @@ def make_run(command: str, config: Any = None, /, **settings: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
+def quiet_libraries() -> Iterator[None]:
     """During a run, as in the commands: no load reports and per-file progress bars from
     transformers and datasets (spruce's own bar follows ``progress``); the caller's
     settings of those libraries come back afterwards."""

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from spruce.api import quiet_libraries
 from spruce.cli import adapt, bank, data, demo, evaluate, finetune, grid, prune
 from spruce.cli.parsing import Parser
 from spruce.errors import SpruceError
@@ -34,20 +35,6 @@ def build_parser() -> Parser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    # Load reports and per-file progress bars from transformers/datasets drown spruce's own.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import huggingface_hub
-    import transformers
-
-    huggingface_hub.logging.set_verbosity_error()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; user errors become one line on stderr and exit code 2, a stop
     signal one line and 128 + its number (130 for SIGINT, 143 for SIGTERM)."""
@@ -62,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not distributed.is_main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints the summary
     try:
-        _quiet_libraries()
-        if getattr(args, "config", None) is not None:
-            args = _with_config_file(parser, argv, args)
-        return args.handler(args)
+        with quiet_libraries():
+            if getattr(args, "config", None) is not None:
+                args = _with_config_file(parser, argv, args)
+            return args.handler(args)
     except SpruceError as error:
         print(f"spruce: error: {error.one_line()}", file=sys.stderr)
         return 2
