@@ -9,14 +9,25 @@ layer's channel order; the pruner decides how many to remove.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-if TYPE_CHECKING:
-    from spruce.criteria.base import Batch, Importance
+Batch = dict[str, torch.Tensor]
+
+
+class ElementScorer(Protocol):
+    """What :func:`weight_scores` asks of a criterion (:class:`~spruce.criteria.Importance`)."""
+
+    name: str
+    needs_gradients: bool
+
+    def element_scores(self, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor: ...
+
+    def reduce(self, summed: torch.Tensor) -> torch.Tensor: ...
+
 
 WEIGHT_OUT_FNS = (
     tp.prune_conv_out_channels,
@@ -39,7 +50,7 @@ def _to_root(item, values: torch.Tensor, out: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def weight_scores(criterion: Importance, group: tp.Group) -> torch.Tensor:
+def weight_scores(criterion: ElementScorer, group: tp.Group) -> torch.Tensor:
     """``criterion``'s element scores summed over the out-channel weights (and biases)
     each channel owns in every conv or linear layer of ``group``."""
     total = torch.zeros(group_size(group))
