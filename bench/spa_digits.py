@@ -110,7 +110,7 @@ def tuning_split(folder: Path) -> Path:
 
 
 def run(name: str, data: Path, out_root: Path, args: argparse.Namespace) -> None:
-    from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
+    from spruce.pipelines.adapt_image import CNNAdaptConfig, run_cnn_adapt
 
     mode, criterion, lr = RUNS[name]
     tuning = tuning_split(data)

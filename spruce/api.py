@@ -91,7 +91,7 @@ def adapt(config: Any = None, /, **settings: Any) -> RunResult:
 
     run = make_run("adapt", config, **settings)
     if is_image_task(run):
-        from spruce.vision.adapt import run_image_adapt
+        from spruce.pipelines.adapt_image import run_image_adapt
 
         if run.out is None:
             raise SpruceError("an image task writes its outputs", "pass out=DIR")

@@ -12,22 +12,25 @@ from PIL import Image
 
 from spruce.criteria import CRITERIA
 from spruce.errors import SpruceError
-from spruce.units.channel_groups import image_batches, image_loss
+from spruce.pruning.cnn import prune_cnn
+from spruce.units.channel_groups import (
+    apply_plan,
+    build_graph,
+    channel_groups,
+    image_batches,
+    image_loss,
+    mask_channels,
+    plan_pruning,
+    prunable_parameter_count,
+    replay_pruning,
+)
 from spruce.vision import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EfficientNetLite,
     StageSpec,
-    apply_plan,
-    build_graph,
-    channel_groups,
     load_cnn,
     load_images,
-    mask_channels,
-    plan_pruning,
-    prunable_parameter_count,
-    prune_cnn,
-    replay_pruning,
 )
 
 REPO = Path(__file__).resolve().parents[1]

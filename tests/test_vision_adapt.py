@@ -13,6 +13,22 @@ from torch import nn
 from spruce.adapters import AdapterConfig, find_adapters
 from spruce.criteria import CRITERIA
 from spruce.errors import SpruceError
+from spruce.pipelines.adapt_image import CNNAdaptConfig, run_cnn_adapt
+from spruce.spa.cnn_model import (
+    adapt_cnn,
+    classifier_name,
+    evaluate_cnn,
+    learned_parameters,
+    recalibrate_batchnorm,
+)
+from spruce.spa.cnn_task import (
+    batchnorm_layers,
+    load_compact,
+    load_task,
+    save_compact,
+    save_task,
+    task_statistics,
+)
 from spruce.units.channel_masks import (
     ChannelPlan,
     active_masks,
@@ -22,22 +38,6 @@ from spruce.units.channel_masks import (
     merged_copy,
 )
 from spruce.vision import EfficientNetLite, StageSpec, load_cnn
-from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
-from spruce.vision.adapt_model import (
-    adapt_cnn,
-    classifier_name,
-    evaluate_cnn,
-    learned_parameters,
-    recalibrate_batchnorm,
-)
-from spruce.vision.artifacts import (
-    batchnorm_layers,
-    load_compact,
-    load_task,
-    save_compact,
-    save_task,
-    task_statistics,
-)
 
 TOLERANCE = 1e-4
 

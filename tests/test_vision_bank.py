@@ -14,10 +14,10 @@ from torch import nn
 from spruce.adapters import AdapterConfig, find_adapters
 from spruce.cli.main import main
 from spruce.errors import SpruceError
-from spruce.vision import CNNTaskBank
-from spruce.vision.adapt import CNNAdaptConfig, run_cnn_adapt
-from spruce.vision.adapt_model import adapt_cnn, classifier_name
-from spruce.vision.artifacts import batchnorm_layers, load_compact, save_task
+from spruce.pipelines.adapt_image import CNNAdaptConfig, run_cnn_adapt
+from spruce.spa.cnn_bank import CNNTaskBank
+from spruce.spa.cnn_model import adapt_cnn, classifier_name
+from spruce.spa.cnn_task import batchnorm_layers, load_compact, save_task
 
 # name -> (classes, seed, criteria, targets): each task has its own adapters, plan and
 # BatchNorm statistics; "c" has another number of classes, so its classifier is rebuilt.

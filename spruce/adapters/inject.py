@@ -121,7 +121,7 @@ def inject_adapters(
     A target whose class overrides ``forward`` (e.g. a convolution that pads its input
     itself) is refused: the adapter computes the layer from its weight and would skip that
     code. ``handled_subclasses`` names such classes whose extra work the caller restores
-    (:func:`spruce.vision.adapt_model.adapt_cnn` re-adds EfficientNet's "SAME" padding).
+    (:func:`spruce.spa.cnn_model.adapt_cnn` re-adds EfficientNet's "SAME" padding).
     """
     config.validate()
     if isinstance(model, (*ADAPTABLE, SPAdapterLayer)):

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle_fuse(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite)  # refuse before loading anything
-    from spruce.vision.artifacts import is_cnn_task  # torch-pruning only for image tasks
+    from spruce.spa.cnn_task import is_cnn_task  # torch-pruning only for image tasks
 
     if is_cnn_task(args.task):
         return _fuse_cnn(args)
@@ -62,8 +62,8 @@ def _fuse_cnn(args: argparse.Namespace) -> int:
     """An image task: the compact CNN in the files ``spruce adapt`` writes for it
     (``model.safetensors`` + ``model.json``, ``model.onnx``), so ``load_compact`` reads
     either."""
-    from spruce.vision.artifacts import MODEL_ONNX, MODEL_WEIGHTS, export_cnn_onnx
-    from spruce.vision.bank import CNNTaskBank
+    from spruce.spa.cnn_bank import CNNTaskBank
+    from spruce.spa.cnn_task import MODEL_ONNX, MODEL_WEIGHTS, export_cnn_onnx
 
     bank = CNNTaskBank(base=args.base)
     name = args.task.name or "task"

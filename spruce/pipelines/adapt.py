@@ -89,8 +89,8 @@ class AdaptRun(RunSettings):
 
 
 def is_image_task(run: AdaptRun) -> bool:
-    """CNN and image data (spruce.vision.adapt), or an encoder and text (:func:`run_adapt`):
-    decided by the model name or the data."""
+    """CNN and image data (:mod:`spruce.pipelines.adapt_image`), or an encoder and text
+    (:func:`run_adapt`): decided by the model name or the data."""
     model = str(run.model or "")
     if model in CNN_MODELS or model.endswith((".pt", ".pth")):
         return True

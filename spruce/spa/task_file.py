@@ -200,7 +200,7 @@ def write_task_files(
 ) -> None:
     """``task.safetensors`` (``metadata`` in its header) and ``task.json``, each written
     to a temporary sibling and renamed into place: the one task-file pair of every
-    modality (encoders here, CNNs in :mod:`spruce.vision.artifacts`)."""
+    modality (encoders here, CNNs in :mod:`spruce.spa.cnn_task`)."""
     handle, temp = tempfile.mkstemp(prefix=f".{TENSORS_NAME}.tmp-", dir=directory)
     os.close(handle)
     usual_permissions(temp)

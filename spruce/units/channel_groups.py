@@ -5,7 +5,7 @@ depthwise convs, BatchNorm, concatenations) and performs the physical removal; t
 module counts what a removal leaves and plans how many channels to remove so that the
 *parameters* of the prunable conv/linear layers shrink to a requested fraction. The
 criteria (:mod:`spruce.criteria`, the same classes that score transformer units) score
-the groups; the pruners (:mod:`spruce.vision.pruner`, :mod:`spruce.units.channel_masks`)
+the groups; the pruners (:mod:`spruce.pruning.cnn`, :mod:`spruce.units.channel_masks`)
 decide when.
 
 Sparsity counts the weights and biases of every ``Conv*d``/``Linear`` layer outside

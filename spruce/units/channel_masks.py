@@ -165,7 +165,7 @@ class ChannelPlan:
         except (KeyError, TypeError, ValueError) as error:
             raise SpruceError(
                 f"the channel plan is malformed ({type(error).__name__}: {error})",
-                "use a task.json written by spruce.vision.adapt",
+                "use a task.json written by spruce.pipelines.adapt_image",
             ) from None
 
     @classmethod

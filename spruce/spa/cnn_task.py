@@ -45,7 +45,7 @@ def _kept_outputs(masks: ChannelMasks | None, name: str, size: int) -> torch.Ten
 
 def task_statistics(model: nn.Module) -> int:
     """How many BatchNorm running-statistic numbers the task file holds: a mean and a
-    variance per kept channel (see :mod:`spruce.vision.adapt` for why a task owns them)."""
+    variance per kept channel (see :mod:`spruce.pipelines.adapt_image` for why a task owns them)."""
     masks = active_masks(model)
     return sum(
         2 * int(_kept_outputs(masks, name, bn.num_features).sum())

@@ -3,9 +3,9 @@
 :class:`CNNTaskBank` is :class:`~spruce.spa.TaskBank` for the tasks ``spruce adapt``
 trains on images. The base CNN is loaded once and wrapped in adapters; each task added
 is read from its ``task.safetensors`` + ``task.json`` once and kept in memory
-(:class:`~spruce.vision.artifacts.CNNTask`). Activating a task masks its channel plan
+(:class:`~spruce.spa.cnn_task.CNNTask`). Activating a task masks its channel plan
 and copies its adapter tensors, classifier and BatchNorm running statistics into the
-model (:func:`~spruce.vision.artifacts.apply_task`, the code that ``load_task`` runs
+model (:func:`~spruce.spa.cnn_task.apply_task`, the code that ``load_task`` runs
 too): the base's frozen tensors are never reloaded, copied or written.
 
 A CNN task records its base by name only (no digest of the weights, unlike a text
@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from spruce.adapters import AdapterConfig
 from spruce.adapters.bank import TaskBankBase
 from spruce.errors import SpruceError
+from spruce.spa.cnn_model import adapt_cnn, classifier_name
+from spruce.spa.cnn_task import TASK_META, CNNTask, apply_task, read_task, save_fused
 from spruce.units.channel_masks import fuse_pruned
-from spruce.vision.adapt_model import adapt_cnn, classifier_name
-from spruce.vision.artifacts import TASK_META, CNNTask, apply_task, read_task, save_fused
 from spruce.vision.models import load_cnn
 
 # What a bank needs from task.json beyond what load_task needs (spruce adapt writes all).
@@ -129,7 +129,7 @@ class CNNTaskBank(TaskBankBase[CNNTask]):
 
     def save_fused(self, name: str, directory: str | Path) -> nn.Module:
         """Write task ``name``'s fused model as ``spruce adapt`` does (``model.safetensors``
-        + ``model.json``, rebuilt by :func:`~spruce.vision.artifacts.load_compact`) into
+        + ``model.json``, rebuilt by :func:`~spruce.spa.cnn_task.load_compact`) into
         ``directory`` (created if needed; stage it for an atomic output) and return it."""
         fused, history = self._fuse(name)
         task = self._tasks[name]

@@ -7,7 +7,7 @@
   affine parameters are base tensors and stay frozen, but its running statistics are the
   *task's own*: BatchNorm normalises training batches with their own statistics and the
   running ones are recomputed on the task's images after every phase
-  (:func:`~spruce.vision.adapt_model.recalibrate_batchnorm`), then saved in the task file. Why: with
+  (:func:`~spruce.spa.cnn_model.recalibrate_batchnorm`), then saved in the task file. Why: with
   the base's ImageNet statistics frozen, pruning shifts every layer's inputs away from
   the statistics that normalise them, and the digits benchmark's adapted models ended at
   chance (0.10-0.16 test accuracy); with their own statistics they train like the
@@ -47,18 +47,13 @@ from torch.utils.data import DataLoader
 from spruce.errors import SpruceError
 from spruce.models.loading import DEFAULT_MODEL
 from spruce.pipelines.adapt import AdaptRun
+from spruce.pipelines.cnn_config import CNNAdaptConfig
 from spruce.pipelines.common import open_checkpoint
 from spruce.pipelines.result import RunResult
 from spruce.pruning.rounds import ScoreRounds
+from spruce.report.cnn_measure import cnn_flops, cnn_latency_ms
 from spruce.report.writer import write_report
-from spruce.train import TrainConfig
-from spruce.train.checkpoint import Checkpointer, phase_checkpoint
-from spruce.train.seeding import seed_everything
-from spruce.units.channel_groups import prunable_parameter_count
-from spruce.units.channel_masks import ChannelUnits, PlanStep, active_masks, fuse_pruned
-from spruce.utils.atomic import check_output_dir, staged_output_dir
-from spruce.utils.fields import at_defaults
-from spruce.vision.adapt_model import (
+from spruce.spa.cnn_model import (
     adapt_cnn,
     classifier_name,
     evaluate_cnn,
@@ -67,7 +62,7 @@ from spruce.vision.adapt_model import (
     recalibrate_batchnorm,
     train_phase,
 )
-from spruce.vision.artifacts import (
+from spruce.spa.cnn_task import (
     MODEL_ONNX,
     MODEL_WEIGHTS,
     TASK_WEIGHTS,
@@ -76,9 +71,14 @@ from spruce.vision.artifacts import (
     save_task,
     task_statistics,
 )
-from spruce.vision.config import CNNAdaptConfig
+from spruce.train import TrainConfig
+from spruce.train.checkpoint import Checkpointer, phase_checkpoint
+from spruce.train.seeding import seed_everything
+from spruce.units.channel_groups import prunable_parameter_count
+from spruce.units.channel_masks import ChannelUnits, PlanStep, active_masks, fuse_pruned
+from spruce.utils.atomic import check_output_dir, staged_output_dir
+from spruce.utils.fields import at_defaults
 from spruce.vision.data import ImageDataset, load_images
-from spruce.vision.measure import cnn_flops, cnn_latency_ms
 from spruce.vision.models import input_normalization, load_cnn
 
 

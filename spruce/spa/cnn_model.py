@@ -1,4 +1,5 @@
-"""Adapters inside a CNN and the training phases of one task (see :mod:`spruce.vision.adapt`)."""
+"""Adapters inside a CNN and the training phases of one image task (see
+:mod:`spruce.pipelines.adapt_image`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Settings of one CNN task run (:func:`spruce.vision.adapt.run_cnn_adapt`): data,
+"""Settings of one CNN task run (:func:`spruce.pipelines.adapt_image.run_cnn_adapt`): data,
 schedule, pruning and adapter, and which of them a resumed attempt may change."""
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ RUNTIME_SETTINGS = (
 
 @dataclass
 class CNNAdaptConfig:
-    """One task: data, schedule, pruning and adapter settings (see :mod:`spruce.vision.adapt`).
+    """One task: data, schedule, pruning and adapter settings (see
+    :mod:`spruce.pipelines.adapt_image`).
 
     ``target_sparsity`` is the fraction of the prunable conv/linear parameters (classifier
     excluded, as :func:`~spruce.vision.prunable_parameter_count` counts them) to remove;
