@@ -42,11 +42,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def from_config(config_class: type[Config], values: Any, **runtime: Any) -> Config:
-    """``config_class`` from what :func:`to_config` wrote (plus ``runtime`` settings); an
-    unknown key or a value of the wrong type is a :class:`SpruceError` naming it."""
-    checked = checked_fields(config_class, values, "setting")
-    return config_class(**{**checked, **runtime})
+def from_config(config_class: type[Config], values: Any) -> Config:
+    """``config_class`` from what :func:`to_config` wrote; an unknown key or a value of
+    the wrong type is a :class:`SpruceError` naming it."""
+    return config_class(**checked_fields(config_class, values, "setting"))
 
 
 def read_config(path: str | Path, command: str) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class Key:
     boolean: bool = False
     listed: bool = False
     parse: Callable[[str], Any] | None = None
+    flags: tuple[str, ...] = ()  # its command-line spellings, without "--"
 
     def read(self, value: Any) -> Any:
         """A text value as the command line reads it (YAML reads ``5e-3`` as text)."""
@@ -95,8 +96,11 @@ def _walk(config_class: type, prefix: str):
         elif "setting" in field.metadata:
             kind = typing.get_args(hints[field.name]) or (hints[field.name],)
             listed = any(typing.get_origin(k) is tuple for k in kind)
-            parse = field.metadata["setting"].parse or _number_parser(kind)
-            yield path, Key(path, boolean=bool in kind, listed=listed, parse=parse)
+            declared = field.metadata["setting"]
+            parse = declared.parse or _number_parser(kind)
+            names = [flag_of(field, declared), *declared.aliases]
+            flags = tuple(n[2:] for n in names if n.startswith("--"))
+            yield path, Key(path, bool in kind, listed, parse, flags)
 
 
 def _number_parser(kind: tuple[Any, ...]) -> Callable[[str], Any] | None:
@@ -125,10 +129,10 @@ def spellings(command: str) -> dict[str, tuple[str, bool]]:
     for leaf, paths in leaves.items():
         if len(paths) == 1 and leaf not in table:
             table[leaf] = (paths[0], False)
-    for path, flags in _flags(command).items():
-        for flag in flags:
+    for path, key in keys(command).items():
+        for flag in key.flags:
             table.setdefault(flag, (path, False))
-            if keys(command)[path].boolean:
+            if key.boolean:
                 table.setdefault(f"no-{flag}", (path, True))
     for path, option in AUX_MODIFIERS.items():
         if path in keys(command):
@@ -136,24 +140,6 @@ def spellings(command: str) -> dict[str, tuple[str, bool]]:
     if command == "prune":
         table["aux"] = (AUX, False)
     return table
-
-
-def _flags(command: str) -> dict[str, list[str]]:
-    """The command-line spellings (without ``--``) of every setting, by path."""
-    flags: dict[str, list[str]] = {}
-
-    def walk(config_class: type, prefix: str) -> None:
-        hints = typing.get_type_hints(config_class)
-        for field in dataclasses.fields(config_class):
-            path = prefix + field.name
-            if "section" in field.metadata:
-                walk(hints[field.name], path + ".")
-            elif (declared := field.metadata.get("setting")) is not None:
-                names = [flag_of(field, declared), *declared.aliases]
-                flags[path] = [n[2:] for n in names if n.startswith("--")]
-
-    walk(run_class(command), "")
-    return flags
 
 
 def normalise(command: str, name: Any, where: str) -> tuple[str, bool]:
